@@ -1,0 +1,125 @@
+//! Building a new local event: fill in the PDU fields, hash, sign, and derive
+//! its event ID (and, for a v12 create event, the room ID) from the reference hash.
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, UserId,
+    events::TimelineEventType,
+    room_version_rules::{RoomIdFormatVersion, RoomVersionRules},
+    signatures::{Ed25519KeyPair, hash_and_sign_event, reference_hash},
+};
+
+use crate::pdu::{Pdu, PduError};
+
+/// What a client asks for: everything else comes from the room.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub kind: TimelineEventType,
+    pub state_key: Option<String>,
+    pub content: serde_json::Value,
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl NewEvent {
+    pub fn state(kind: TimelineEventType, state_key: &str, content: serde_json::Value) -> Self {
+        NewEvent {
+            kind,
+            state_key: Some(state_key.to_owned()),
+            content,
+            redacts: None,
+        }
+    }
+    pub fn message(kind: TimelineEventType, content: serde_json::Value) -> Self {
+        NewEvent {
+            kind,
+            state_key: None,
+            content,
+            redacts: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("event content is not a JSON object")]
+    ContentNotObject,
+    #[error("event is too large")]
+    TooLarge,
+    #[error("{0}")]
+    Json(String),
+    #[error(transparent)]
+    Pdu(#[from] PduError),
+}
+
+pub struct Prev<'a> {
+    /// `None` only for a v12 create event (the room ID comes from its hash).
+    pub room_id: Option<&'a RoomId>,
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    pub depth: u64,
+}
+
+/// The largest PDU the spec allows, in bytes of canonical JSON.
+pub const MAX_PDU_BYTES: usize = 65_536;
+
+#[allow(clippy::too_many_arguments)]
+pub fn build_pdu(
+    rules: &RoomVersionRules,
+    server_name: &str,
+    key: &Ed25519KeyPair,
+    sender: &UserId,
+    new: NewEvent,
+    prev: Prev<'_>,
+    now: MilliSecondsSinceUnixEpoch,
+) -> Result<Pdu, BuildError> {
+    let content = match serde_json::from_value::<CanonicalJsonValue>(new.content) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        Ok(_) => return Err(BuildError::ContentNotObject),
+        Err(e) => return Err(BuildError::Json(e.to_string())),
+    };
+    let ids = |v: Vec<OwnedEventId>| {
+        CanonicalJsonValue::Array(v.into_iter().map(|e| CanonicalJsonValue::String(e.into())).collect())
+    };
+    let mut obj = CanonicalJsonObject::new();
+    obj.insert("auth_events".into(), ids(prev.auth_events));
+    obj.insert("prev_events".into(), ids(prev.prev_events));
+    obj.insert("content".into(), CanonicalJsonValue::Object(content));
+    obj.insert(
+        "depth".into(),
+        CanonicalJsonValue::Integer(ruma::Int::try_from(prev.depth).map_err(|_| BuildError::TooLarge)?),
+    );
+    obj.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(now.0.into()));
+    if let Some(room_id) = prev.room_id {
+        obj.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+    }
+    obj.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
+    obj.insert("type".into(), CanonicalJsonValue::String(new.kind.to_string()));
+    if let Some(sk) = new.state_key {
+        obj.insert("state_key".into(), CanonicalJsonValue::String(sk));
+    }
+    // Before v11 the redacted event's ID is a top-level key; from v11 it
+    // lives in the content (which the client already put there).
+    if let Some(r) = new.redacts {
+        if !rules.redaction.content_field_redacts {
+            obj.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
+        }
+    }
+
+    hash_and_sign_event(server_name, key, &mut obj, &rules.redaction).map_err(|e| BuildError::Json(e.to_string()))?;
+    let hash = reference_hash(&obj, rules).map_err(|e| match e {
+        ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
+        e => BuildError::Json(e.to_string()),
+    })?;
+    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| BuildError::Json(e.to_string()))?;
+    let json = serde_json::to_string(&obj).map_err(|e| BuildError::Json(e.to_string()))?;
+    if json.len() > MAX_PDU_BYTES {
+        return Err(BuildError::TooLarge);
+    }
+    let room_id: Option<OwnedRoomId> = match prev.room_id {
+        Some(r) => Some(r.to_owned()),
+        None if matches!(rules.room_id_format, RoomIdFormatVersion::V2) => {
+            Some(OwnedRoomId::try_from(format!("!{hash}")).map_err(|e| BuildError::Json(e.to_string()))?)
+        }
+        None => None,
+    };
+    Ok(Pdu::from_canonical(event_id, room_id.as_deref(), &obj)?)
+}

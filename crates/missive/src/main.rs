@@ -1,0 +1,161 @@
+//! `missive`: the homeserver binary. `missive` (or `missive serve`) runs the
+//! server; `missive admin …` manages accounts from the command line.
+
+mod config;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use missive_server::{App, Config};
+use missive_store::{RegistrationToken, Store};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "missive", version, about = "Missive: a sovereign Matrix homeserver")]
+struct Cli {
+    /// TOML configuration file (see missive.example.toml); every key has a default.
+    #[arg(long, short, global = true, env = "MISSIVE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver (the default).
+    Serve,
+    /// Administration commands, run against the server's database.
+    Admin {
+        #[command(subcommand)]
+        command: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// Create a user account.
+    CreateUser {
+        /// The localpart (`alice` for `@alice:server_name`).
+        username: String,
+        /// The password; read from MISSIVE_PASSWORD if not given here.
+        #[arg(long, env = "MISSIVE_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// Make the user a server administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Create a registration token (for `registration = "token"`).
+    CreateRegistrationToken {
+        /// The token; a random one is generated if omitted.
+        #[arg(long)]
+        token: Option<String>,
+        /// How many registrations it allows (unlimited if omitted).
+        #[arg(long)]
+        uses: Option<i64>,
+        /// Validity in hours (forever if omitted).
+        #[arg(long)]
+        valid_hours: Option<i64>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("MISSIVE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let config = config::load(cli.config.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(config).await,
+            Command::Admin { command } => admin(config, command).await,
+        }
+    })
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let path = config.sqlite_path().map_err(anyhow::Error::msg)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Store::open(&path).with_context(|| format!("opening database {}", path.display()))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = open_store(&config)?;
+    let listen = config.listen;
+    let app = App::new(config.clone(), store).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(
+        server_name = %config.server_name,
+        listen = %listener.local_addr()?,
+        registration = ?config.registration,
+        data_dir = %config.data_dir.display(),
+        "Missive is listening"
+    );
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+    };
+    let typing_app = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if typing_app.typing.expire() {
+                typing_app.notify();
+            }
+        }
+    });
+    missive_server::serve(app, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    let app = App::new(config, store).await?;
+    match command {
+        Admin::CreateUser {
+            username,
+            password,
+            admin,
+        } => {
+            let localpart = username.to_lowercase();
+            missive_server::services::accounts::validate_localpart(&localpart)?;
+            if password.len() < 8 {
+                bail!("password must be at least 8 characters");
+            }
+            let user = app.user_id(&localpart)?;
+            app.create_account(&user, Some(password), admin).await?;
+            println!("created {user}");
+        }
+        Admin::CreateRegistrationToken {
+            token,
+            uses,
+            valid_hours,
+        } => {
+            let token = token.unwrap_or_else(|| missive_server::services::accounts::random_string(16));
+            let expiry_ts = valid_hours.map(|h| missive_server::services::accounts::now_ms() + h * 3_600_000);
+            app.store
+                .create_registration_token(RegistrationToken {
+                    token: token.clone(),
+                    uses_allowed: uses,
+                    completed: 0,
+                    expiry_ts,
+                })
+                .await?;
+            println!("{token}");
+        }
+    }
+    Ok(())
+}

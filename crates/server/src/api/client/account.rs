@@ -1,0 +1,59 @@
+//! whoami, password change, deactivation.
+
+use ruma::api::client::account::{ThirdPartyIdRemovalStatus, change_password, deactivate, whoami};
+
+use crate::{
+    App, Result,
+    api::client::uia_auth,
+    ruma_wrapper::Ruma,
+    services::{accounts::hash_password, uia},
+};
+
+pub async fn whoami(_app: App, req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response> {
+    let s = req.session()?;
+    let mut resp = whoami::v3::Response::new(s.user_id.clone(), false);
+    resp.device_id = Some(s.device_id.clone());
+    Ok(resp)
+}
+
+pub async fn change_password(
+    app: App,
+    req: Ruma<change_password::v3::Request>,
+) -> Result<change_password::v3::Response> {
+    let s = req.session()?.clone();
+    app.uia(uia_auth(&req).as_ref(), &[&[uia::PASSWORD]], Some(&s.user_id))
+        .await?;
+    let hash = hash_password(req.body.new_password.clone()).await?;
+    app.store.set_password(s.user_id.to_string(), hash).await?;
+    if req.body.logout_devices {
+        let others = app
+            .store
+            .devices(s.user_id.to_string())
+            .await?
+            .into_iter()
+            .map(|d| d.device_id)
+            .filter(|d| d != s.device_id.as_str())
+            .collect();
+        app.delete_devices(&s.user_id, others).await?;
+    }
+    Ok(change_password::v3::Response::new())
+}
+
+pub async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<deactivate::v3::Response> {
+    let s = req.session()?.clone();
+    app.uia(uia_auth(&req).as_ref(), &[&[uia::PASSWORD]], Some(&s.user_id))
+        .await?;
+    // Leave every room first, so other members see the departure.
+    for m in app.store.memberships(s.user_id.to_string()).await? {
+        if matches!(m.membership.as_str(), "join" | "invite" | "knock") {
+            if let Ok(room) = ruma::OwnedRoomId::try_from(m.room_id) {
+                let _ = app
+                    .set_membership(&room, &s.user_id, &s.user_id, "leave", None, None)
+                    .await;
+            }
+        }
+    }
+    app.store.deactivate_user(s.user_id.to_string()).await?;
+    app.notify();
+    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
+}

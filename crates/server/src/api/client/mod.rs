@@ -1,0 +1,39 @@
+//! Client-Server API handlers: parse (ruma), authorise, call a service.
+
+pub mod account;
+pub mod account_data;
+pub mod alias;
+pub mod device;
+pub mod discovery;
+pub mod membership;
+pub mod message;
+pub mod presence;
+pub mod profile;
+pub mod receipt;
+pub mod register;
+pub mod relations;
+pub mod room;
+pub mod session;
+pub mod state;
+pub mod sync;
+pub mod typing;
+
+use ruma::UserId;
+
+use crate::{Error, Result, ruma_wrapper::Ruma};
+
+/// Endpoints with a `{userId}` in the path act only on the caller's own account.
+pub fn require_self<R>(req: &Ruma<R>, user: &UserId) -> Result<()> {
+    if req.user()? != user {
+        return Err(Error::forbidden("You may only act on your own account"));
+    }
+    Ok(())
+}
+
+/// The `auth` object of a request body, for user-interactive authentication.
+pub fn uia_auth<R>(req: &Ruma<R>) -> Option<serde_json::Value> {
+    serde_json::from_slice::<serde_json::Value>(&req.raw_body)
+        .ok()?
+        .get("auth")
+        .cloned()
+}

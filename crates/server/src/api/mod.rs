@@ -1,0 +1,3 @@
+//! The HTTP API, one module per spec area.
+
+pub mod client;

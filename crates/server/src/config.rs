@@ -1,0 +1,112 @@
+//! Server configuration: defaults that run with no file at all, a TOML file
+//! (`missive.example.toml` documents every key) and `MISSIVE_*` environment
+//! overrides for scripts.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+/// Who may create an account through `/register`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Only `missive admin create-user` creates accounts.
+    #[default]
+    Closed,
+    /// Anyone holding a registration token (`missive admin create-registration-token`).
+    Token,
+    /// Anyone. Only for test deployments.
+    Open,
+}
+
+impl std::str::FromStr for Registration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "closed" => Ok(Self::Closed),
+            "token" => Ok(Self::Token),
+            "open" => Ok(Self::Open),
+            other => Err(format!("registration must be closed, token or open, not {other:?}")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The domain in user IDs and room aliases (`@alice:server_name`). Fixed for the life of the server.
+    pub server_name: String,
+    /// Address the client API listens on.
+    pub listen: SocketAddr,
+    /// Where the database, signing key and media live.
+    pub data_dir: PathBuf,
+    /// `sqlite://path` (default: `missive.db` under `data_dir`).
+    pub database_url: Option<String>,
+    /// `closed`, `token` or `open`.
+    pub registration: Registration,
+    /// Whether presence is tracked and shared. Off saves work and metadata.
+    pub presence: bool,
+    /// Largest request body accepted by the client API, in bytes.
+    pub max_request_bytes: usize,
+    /// Lifetime of an access token for clients that support refresh tokens, in seconds.
+    pub access_token_lifetime_secs: u64,
+    /// The base URL clients should use, advertised in `/.well-known/matrix/client`.
+    pub public_baseurl: Option<String>,
+    /// Longest `/sync` long-poll, in milliseconds, whatever the client asks.
+    pub max_sync_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "localhost".into(),
+            listen: "127.0.0.1:8008".parse().expect("valid address"),
+            data_dir: PathBuf::from("missive-data"),
+            database_url: None,
+            registration: Registration::Closed,
+            presence: true,
+            max_request_bytes: 1024 * 1024,
+            access_token_lifetime_secs: 24 * 3600,
+            public_baseurl: None,
+            max_sync_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Config {
+    /// Path of the SQLite database.
+    pub fn sqlite_path(&self) -> Result<PathBuf, String> {
+        match &self.database_url {
+            None => Ok(self.data_dir.join("missive.db")),
+            Some(url) => match url.strip_prefix("sqlite://") {
+                Some(path) => Ok(PathBuf::from(path)),
+                None => Err(format!(
+                    "unsupported database URL {url:?}: only sqlite:// is available in this build"
+                )),
+            },
+        }
+    }
+
+    /// Applies `MISSIVE_*` environment variables over the file's values.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(v) = get("MISSIVE_SERVER_NAME") {
+            self.server_name = v;
+        }
+        if let Some(v) = get("MISSIVE_LISTEN") {
+            self.listen = v.parse().map_err(|e| format!("MISSIVE_LISTEN: {e}"))?;
+        }
+        if let Some(v) = get("MISSIVE_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("MISSIVE_DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = get("MISSIVE_REGISTRATION") {
+            self.registration = v.parse()?;
+        }
+        if let Some(v) = get("MISSIVE_PRESENCE") {
+            self.presence = matches!(v.as_str(), "1" | "true" | "on" | "yes");
+        }
+        Ok(())
+    }
+}

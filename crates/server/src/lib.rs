@@ -1,0 +1,91 @@
+//! The Missive homeserver: services (the logic) and the HTTP layer (thin
+//! handlers, one module per spec area). No global state: everything a
+//! handler needs comes from [`App`], so a test can run several servers in
+//! one process.
+
+pub mod api;
+pub mod config;
+pub mod error;
+mod router;
+pub mod ruma_wrapper;
+pub mod services;
+
+use std::{ops::Deref, sync::Arc};
+
+use missive_store::Store;
+use ruma::{OwnedServerName, signatures::Ed25519KeyPair};
+
+pub use config::{Config, Registration};
+pub use error::{Error, Result};
+pub use router::router;
+
+use services::{presence::Presence, rooms::RoomLocks, typing::Typing, uia::UiaSessions};
+
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Config,
+    pub server_name: OwnedServerName,
+    pub store: Store,
+    pub key: Ed25519KeyPair,
+    /// Bumped after every change a `/sync` may be waiting for.
+    pub notifier: tokio::sync::watch::Sender<u64>,
+    pub typing: Typing,
+    pub presence: Presence,
+    pub room_locks: RoomLocks,
+    pub uia: UiaSessions,
+}
+
+impl Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    /// Opens the services on a store, creating the server's signing key on first start.
+    pub async fn new(config: Config, store: Store) -> Result<App> {
+        let server_name = OwnedServerName::try_from(config.server_name.as_str())
+            .map_err(|e| Error::Internal(format!("invalid server_name {:?}: {e}", config.server_name)))?;
+        let (version, der) = match store.signing_key().await? {
+            Some(k) => k,
+            None => {
+                let version = format!("ed25519:{}", services::accounts::random_string(6));
+                let der = missive_core::signing_key::generate();
+                store.insert_signing_key(version.clone(), der.clone()).await?;
+                (version, der)
+            }
+        };
+        let version = version.strip_prefix("ed25519:").unwrap_or(&version).to_owned();
+        let key = missive_core::signing_key::load(&der, &version).map_err(|e| Error::Internal(e.to_string()))?;
+        let (notifier, _) = tokio::sync::watch::channel(0);
+        Ok(App(Arc::new(AppInner {
+            config,
+            server_name,
+            store,
+            key,
+            notifier,
+            typing: Typing::default(),
+            presence: Presence::default(),
+            room_locks: RoomLocks::default(),
+            uia: UiaSessions::default(),
+        })))
+    }
+
+    /// Wakes every waiting `/sync` so it looks again.
+    pub fn notify(&self) {
+        self.notifier.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// Serves the client API on a bound listener until the future resolves.
+pub async fn serve(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

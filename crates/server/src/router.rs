@@ -1,0 +1,127 @@
+//! Every endpoint the server answers, the Matrix errors for the ones it
+//! does not (`404`/`405 M_UNRECOGNIZED`), and CORS for browser clients.
+
+use axum::{
+    Router,
+    extract::Request,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use http::{HeaderValue, Method, StatusCode, header};
+use ruma::api::client::{
+    account, alias, config, context, device, directory, discovery, filter, membership, message, presence, profile,
+    read_marker, receipt, redact, relations, room, session, state, sync::sync_events, tag, threads, typing,
+};
+
+use crate::{App, Error, api::client as c, ruma_wrapper::RouterExt};
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        // Discovery
+        .ruma::<discovery::get_supported_versions::Request, _, _>(c::discovery::versions)
+        .ruma::<discovery::discover_homeserver::Request, _, _>(c::discovery::well_known)
+        .ruma::<discovery::get_capabilities::v3::Request, _, _>(c::discovery::capabilities)
+        // Accounts and sessions
+        .ruma::<account::register::v3::Request, _, _>(c::register::register)
+        .ruma::<account::get_username_availability::v3::Request, _, _>(c::register::available)
+        .ruma::<account::check_registration_token_validity::v1::Request, _, _>(c::register::token_validity)
+        .ruma::<session::get_login_types::v3::Request, _, _>(c::session::login_types)
+        .ruma::<session::login::v3::Request, _, _>(c::session::login)
+        .ruma::<session::logout::v3::Request, _, _>(c::session::logout)
+        .ruma::<session::logout_all::v3::Request, _, _>(c::session::logout_all)
+        .ruma::<session::refresh_token::v3::Request, _, _>(c::session::refresh)
+        .ruma::<account::whoami::v3::Request, _, _>(c::account::whoami)
+        .ruma::<account::change_password::v3::Request, _, _>(c::account::change_password)
+        .ruma::<account::deactivate::v3::Request, _, _>(c::account::deactivate)
+        .ruma::<device::get_devices::v3::Request, _, _>(c::device::get_devices)
+        .ruma::<device::get_device::v3::Request, _, _>(c::device::get_device)
+        .ruma::<device::update_device::v3::Request, _, _>(c::device::update_device)
+        .ruma::<device::delete_device::v3::Request, _, _>(c::device::delete_device)
+        .ruma::<device::delete_devices::v3::Request, _, _>(c::device::delete_devices)
+        .ruma::<profile::get_profile::v3::Request, _, _>(c::profile::get_profile)
+        .ruma::<profile::get_display_name::v3::Request, _, _>(c::profile::get_displayname)
+        .ruma::<profile::set_display_name::v3::Request, _, _>(c::profile::set_displayname)
+        .ruma::<profile::get_avatar_url::v3::Request, _, _>(c::profile::get_avatar_url)
+        .ruma::<profile::set_avatar_url::v3::Request, _, _>(c::profile::set_avatar_url)
+        // Rooms
+        .ruma::<room::create_room::v3::Request, _, _>(c::room::create_room)
+        .ruma::<room::upgrade_room::v3::Request, _, _>(c::room::upgrade_room)
+        .ruma::<directory::get_room_visibility::v3::Request, _, _>(c::room::get_visibility)
+        .ruma::<directory::set_room_visibility::v3::Request, _, _>(c::room::set_visibility)
+        .ruma::<membership::join_room_by_id::v3::Request, _, _>(c::membership::join_by_id)
+        .ruma::<membership::join_room_by_id_or_alias::v3::Request, _, _>(c::membership::join_by_id_or_alias)
+        .ruma::<ruma::api::client::knock::knock_room::v3::Request, _, _>(c::membership::knock)
+        .ruma::<membership::invite_user::v3::Request, _, _>(c::membership::invite)
+        .ruma::<membership::leave_room::v3::Request, _, _>(c::membership::leave)
+        .ruma::<membership::forget_room::v3::Request, _, _>(c::membership::forget)
+        .ruma::<membership::kick_user::v3::Request, _, _>(c::membership::kick)
+        .ruma::<membership::ban_user::v3::Request, _, _>(c::membership::ban)
+        .ruma::<membership::unban_user::v3::Request, _, _>(c::membership::unban)
+        .ruma::<membership::joined_rooms::v3::Request, _, _>(c::membership::joined_rooms)
+        .ruma::<membership::get_member_events::v3::Request, _, _>(c::membership::members)
+        .ruma::<membership::joined_members::v3::Request, _, _>(c::membership::joined_members)
+        .ruma::<state::get_state_events::v3::Request, _, _>(c::state::get_state)
+        .ruma::<state::get_state_event_for_key::v3::Request, _, _>(c::state::get_state_for_key)
+        .ruma::<state::send_state_event::v3::Request, _, _>(c::state::send_state)
+        .ruma::<alias::create_alias::v3::Request, _, _>(c::alias::create)
+        .ruma::<alias::get_alias::v3::Request, _, _>(c::alias::get)
+        .ruma::<alias::delete_alias::v3::Request, _, _>(c::alias::delete)
+        .ruma::<room::aliases::v3::Request, _, _>(c::alias::list)
+        // Events
+        .ruma::<message::send_message_event::v3::Request, _, _>(c::message::send)
+        .ruma::<redact::redact_event::v3::Request, _, _>(c::message::redact)
+        .ruma::<room::get_room_event::v3::Request, _, _>(c::message::get_event)
+        .ruma::<message::get_message_events::v3::Request, _, _>(c::message::messages)
+        .ruma::<context::get_context::v3::Request, _, _>(c::message::context)
+        .ruma::<room::get_event_by_timestamp::v1::Request, _, _>(c::message::timestamp_to_event)
+        .ruma::<relations::get_relating_events::v1::Request, _, _>(c::relations::relating)
+        .ruma::<relations::get_relating_events_with_rel_type::v1::Request, _, _>(c::relations::relating_with_type)
+        .ruma::<relations::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
+            c::relations::relating_with_type_and_event,
+        )
+        .ruma::<threads::get_threads::v1::Request, _, _>(c::relations::threads)
+        // Sync and per-user data
+        .ruma::<sync_events::v3::Request, _, _>(c::sync::sync)
+        .ruma::<filter::create_filter::v3::Request, _, _>(c::sync::create)
+        .ruma::<filter::get_filter::v3::Request, _, _>(c::sync::get)
+        .ruma::<config::set_global_account_data::v3::Request, _, _>(c::account_data::set_global)
+        .ruma::<config::get_global_account_data::v3::Request, _, _>(c::account_data::get_global)
+        .ruma::<config::set_room_account_data::v3::Request, _, _>(c::account_data::set_room)
+        .ruma::<config::get_room_account_data::v3::Request, _, _>(c::account_data::get_room)
+        .ruma::<tag::get_tags::v3::Request, _, _>(c::account_data::get_tags)
+        .ruma::<tag::create_tag::v3::Request, _, _>(c::account_data::create_tag)
+        .ruma::<tag::delete_tag::v3::Request, _, _>(c::account_data::delete_tag)
+        .ruma::<typing::create_typing_event::v3::Request, _, _>(c::typing::typing)
+        .ruma::<receipt::create_receipt::v3::Request, _, _>(c::receipt::create)
+        .ruma::<read_marker::set_read_marker::v3::Request, _, _>(c::receipt::read_markers)
+        .ruma::<presence::set_presence::v3::Request, _, _>(c::presence::set)
+        .ruma::<presence::get_presence::v3::Request, _, _>(c::presence::get)
+        .fallback(|| async { Error::unrecognized("Unrecognized request") })
+        .layer(middleware::from_fn(matrix_edges))
+        .with_state(app)
+}
+
+/// CORS for browser clients, and Matrix error bodies for requests the
+/// router itself refuses (wrong method, or a body axum rejected).
+async fn matrix_edges(req: Request, next: Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS;
+    let mut res = if preflight {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(req).await
+    };
+    if res.status() == StatusCode::METHOD_NOT_ALLOWED && res.headers().get(header::CONTENT_TYPE).is_none() {
+        res = Error::unrecognized_method().into_response();
+    }
+    let h = res.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
+    );
+    res
+}

@@ -1,0 +1,181 @@
+//! The adapter between axum and ruma: a handler receives the endpoint's typed
+//! ruma request (with the authenticated user) and returns its typed response.
+
+use std::{collections::BTreeSet, future::Future};
+
+use axum::{
+    Router,
+    extract::{FromRequest, FromRequestParts, RawPathParams, Request, State},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use bytes::BytesMut;
+use ruma::{
+    OwnedDeviceId, OwnedUserId,
+    api::{
+        IncomingRequest, OutgoingResponse,
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
+        },
+        path_builder::PathBuilder,
+    },
+};
+
+use crate::{App, Error, Result, services::accounts::Session};
+
+/// Whether an endpoint needs an access token, as its ruma metadata says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TokenRule {
+    Required,
+    Optional,
+    None,
+}
+
+pub trait AuthKind {
+    const RULE: TokenRule;
+}
+impl AuthKind for AccessToken {
+    const RULE: TokenRule = TokenRule::Required;
+}
+impl AuthKind for AccessTokenOptional {
+    const RULE: TokenRule = TokenRule::Optional;
+}
+// No application services are registered, so an appservice token is just an access token.
+impl AuthKind for AppserviceToken {
+    const RULE: TokenRule = TokenRule::Required;
+}
+impl AuthKind for AppserviceTokenOptional {
+    const RULE: TokenRule = TokenRule::Optional;
+}
+impl AuthKind for NoAuthentication {
+    const RULE: TokenRule = TokenRule::None;
+}
+impl AuthKind for NoAccessToken {
+    const RULE: TokenRule = TokenRule::None;
+}
+
+/// A parsed request with who sent it.
+pub struct Ruma<R> {
+    pub body: R,
+    pub session: Option<Session>,
+    /// The raw JSON body, for the few endpoints that need fields ruma drops.
+    pub raw_body: bytes::Bytes,
+}
+
+impl<R> Ruma<R> {
+    /// The authenticated session; only `None` on endpoints without a required token.
+    pub fn session(&self) -> Result<&Session> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| Error::missing_token("Missing access token"))
+    }
+    pub fn user(&self) -> Result<&OwnedUserId> {
+        Ok(&self.session()?.user_id)
+    }
+    pub fn device(&self) -> Result<&OwnedDeviceId> {
+        Ok(&self.session()?.device_id)
+    }
+}
+
+/// Extracts the access token from the `Authorization` header or the deprecated query parameter.
+pub fn access_token(parts: &http::request::Parts) -> Option<String> {
+    if let Some(h) = parts.headers.get(http::header::AUTHORIZATION) {
+        let h = h.to_str().ok()?;
+        return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    let q = parts.uri.query()?;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "access_token").then(|| v.to_owned())
+    })
+}
+
+impl<R> FromRequest<App> for Ruma<R>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthKind,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self> {
+        let (mut parts, body) = req.into_parts();
+        let params = RawPathParams::from_request_parts(&mut parts, app)
+            .await
+            .map_err(|e| Error::invalid_param(e.to_string()))?;
+        let args: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+        let bytes = axum::body::to_bytes(body, app.config.max_request_bytes)
+            .await
+            .map_err(|_| Error::too_large("Request body too large"))?;
+
+        let session = match (R::Authentication::RULE, access_token(&parts)) {
+            (TokenRule::None, _) => None,
+            (_, Some(token)) => Some(app.authenticate(&token).await?),
+            (TokenRule::Optional, None) => None,
+            (TokenRule::Required, None) => {
+                return Err(Error::missing_token("Missing access token"));
+            }
+        };
+
+        if !bytes.is_empty()
+            && parts.method != http::Method::GET
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
+        {
+            return Err(Error::not_json("Request body is not valid JSON"));
+        }
+        let http_req = http::Request::from_parts(parts, bytes.clone());
+        let body = R::try_from_http_request(http_req, &args).map_err(|e| Error::bad_json(e.to_string()))?;
+        Ok(Ruma {
+            body,
+            session,
+            raw_body: bytes,
+        })
+    }
+}
+
+/// A typed ruma response sent as HTTP.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(res) => res.map(|b| axum::body::Body::from(b.freeze())).into_response(),
+            Err(e) => Error::Internal(format!("response serialisation: {e}")).into_response(),
+        }
+    }
+}
+
+pub trait RouterExt {
+    /// Serves the ruma endpoint `R` at every path its metadata lists.
+    fn ruma<R, F, Fut>(self, handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        R::OutgoingResponse: Send,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static;
+}
+
+impl RouterExt for Router<App> {
+    fn ruma<R, F, Fut>(mut self, handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        R::OutgoingResponse: Send,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+    {
+        let filter = MethodFilter::try_from(R::METHOD).expect("standard HTTP method");
+        let paths: BTreeSet<&'static str> = R::PATH_BUILDER.all_paths().collect();
+        for path in paths {
+            let h = handler.clone();
+            self = self.route(
+                path,
+                on(filter, move |State(app): State<App>, req: Ruma<R>| {
+                    let h = h.clone();
+                    async move { h(app, req).await.map(RumaResponse) }
+                }),
+            );
+        }
+        self
+    }
+}

@@ -1,0 +1,204 @@
+//! Accounts, devices and tokens: Argon2id passwords, random access tokens
+//! stored only as SHA-256 hashes.
+
+use base64::Engine;
+use missive_store::{StoreError, accounts::NewSession};
+use rand::RngCore;
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use sha2::{Digest, Sha256};
+
+use crate::{App, Error, Result};
+
+/// Who is calling: the owner of a valid access token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+
+pub fn random_string(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..len).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+}
+
+/// A fresh secret token with 256 bits of randomness.
+pub fn new_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!(
+        "{prefix}_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+pub fn hash_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+pub async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        use argon2::{Argon2, PasswordHasher, password_hash::SaltString};
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::Internal(format!("password hashing: {e}")))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+pub async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        use argon2::{Argon2, PasswordHash, PasswordVerifier};
+        PasswordHash::new(&hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Checks a localpart against the spec's grammar for new user IDs.
+pub fn validate_localpart(localpart: &str) -> Result<()> {
+    if localpart.is_empty()
+        || localpart.len() > 200
+        || !localpart
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+    {
+        return Err(Error::invalid_username(
+            "User ID may only contain a-z, 0-9, . _ = - / +",
+        ));
+    }
+    Ok(())
+}
+
+/// Tokens handed to a client at login or registration.
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in_ms: Option<u64>,
+}
+
+impl App {
+    pub fn user_id(&self, localpart: &str) -> Result<OwnedUserId> {
+        OwnedUserId::try_from(format!("@{localpart}:{}", self.server_name))
+            .map_err(|_| Error::invalid_username("Invalid user ID"))
+    }
+
+    pub fn is_local(&self, user: &UserId) -> bool {
+        user.server_name() == self.server_name
+    }
+
+    /// Resolves an access token to its session.
+    pub async fn authenticate(&self, token: &str) -> Result<Session> {
+        let owner = self
+            .store
+            .token_owner(hash_token(token))
+            .await?
+            .ok_or_else(|| Error::unknown_token(false))?;
+        if owner.expires_ts.is_some_and(|e| e <= now_ms()) {
+            return Err(Error::unknown_token(true));
+        }
+        Ok(Session {
+            user_id: OwnedUserId::try_from(owner.user_id).map_err(|e| Error::Internal(e.to_string()))?,
+            device_id: owner.device_id.into(),
+        })
+    }
+
+    /// Creates the account; `None` password means it cannot log in with one.
+    pub async fn create_account(&self, user: &UserId, password: Option<String>, is_admin: bool) -> Result<()> {
+        let hash = match password {
+            Some(p) => Some(hash_password(p).await?),
+            None => None,
+        };
+        match self.store.create_user(user.to_string(), hash, is_admin).await {
+            Err(StoreError::Exists) => Err(Error::user_in_use("User ID already taken")),
+            r => Ok(r?),
+        }
+    }
+
+    /// Starts a session on a new or existing device of the user.
+    pub async fn start_session(
+        &self,
+        user: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        refreshable: bool,
+    ) -> Result<(OwnedDeviceId, IssuedTokens)> {
+        let device_id = device_id.unwrap_or_else(|| random_string(10).into());
+        let access_token = new_token("mva");
+        let refresh_token = refreshable.then(|| new_token("mvr"));
+        let lifetime_ms = self.config.access_token_lifetime_secs * 1000;
+        let expires_ts = refreshable.then(|| now_ms() + lifetime_ms as i64);
+        self.store
+            .create_session(NewSession {
+                user_id: user.to_string(),
+                device_id: device_id.to_string(),
+                display_name,
+                access_hash: hash_token(&access_token),
+                refresh_hash: refresh_token.as_deref().map(hash_token),
+                expires_ts,
+            })
+            .await?;
+        Ok((
+            device_id,
+            IssuedTokens {
+                access_token,
+                refresh_token,
+                expires_in_ms: refreshable.then_some(lifetime_ms),
+            },
+        ))
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
+        let access_token = new_token("mva");
+        let new_refresh = new_token("mvr");
+        let lifetime_ms = self.config.access_token_lifetime_secs * 1000;
+        self.store
+            .rotate_refresh_token(
+                hash_token(refresh_token),
+                hash_token(&access_token),
+                hash_token(&new_refresh),
+                Some(now_ms() + lifetime_ms as i64),
+            )
+            .await?
+            .ok_or_else(|| Error::unknown_token(false))?;
+        Ok(IssuedTokens {
+            access_token,
+            refresh_token: Some(new_refresh),
+            expires_in_ms: Some(lifetime_ms),
+        })
+    }
+
+    /// Checks a user's password; false for unknown, deactivated or password-less users.
+    pub async fn check_password(&self, user: &UserId, password: &str) -> Result<bool> {
+        let Some(row) = self.store.user(user.to_string()).await? else {
+            return Ok(false);
+        };
+        if row.deactivated {
+            return Ok(false);
+        }
+        let Some(hash) = row.password_hash else {
+            return Ok(false);
+        };
+        Ok(verify_password(password.to_owned(), hash).await)
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl App {
+    /// Removes devices, their tokens and whatever else belongs to them.
+    pub async fn delete_devices(&self, user: &UserId, devices: Vec<String>) -> Result<()> {
+        self.store.delete_devices(user.to_string(), devices).await?;
+        self.notify();
+        Ok(())
+    }
+}

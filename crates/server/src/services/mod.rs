@@ -1,0 +1,12 @@
+//! The logic behind the handlers.
+
+pub mod accounts;
+pub mod create_room;
+pub mod membership;
+pub mod presence;
+pub mod rooms;
+pub mod sync;
+pub mod timeline;
+pub mod typing;
+pub mod uia;
+pub mod upgrade;

@@ -1,0 +1,375 @@
+//! Appending local events to rooms: the one path every local event takes
+//! (build, authorise against current state, persist, wake syncs).
+
+use std::{collections::HashMap, sync::Arc};
+
+use missive_core::{
+    auth::{self, StateMap},
+    builder::{BuildError, NewEvent, Prev, build_pdu},
+    pdu::Pdu,
+};
+use missive_store::{NewRoom, NewRoomEvent, StoreError};
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::{Value, json};
+
+use crate::{App, Error, Result};
+
+/// One async lock per room: local events of a room are appended one at a
+/// time, so each extends the single forward extremity.
+#[derive(Default)]
+pub struct RoomLocks(std::sync::Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>);
+
+impl RoomLocks {
+    pub async fn lock(&self, room: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .0
+            .lock()
+            .expect("room locks")
+            .entry(room.to_owned())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+}
+
+/// A room's version and the rules that come with it.
+#[derive(Clone)]
+pub struct RoomVersion {
+    pub id: RoomVersionId,
+    pub rules: RoomVersionRules,
+}
+
+impl RoomVersion {
+    pub fn parse(v: &str) -> Result<Self> {
+        let id = RoomVersionId::try_from(v).map_err(|_| Error::unsupported_room_version("Invalid room version"))?;
+        let rules = missive_core::rules_for(&id)
+            .ok_or_else(|| Error::unsupported_room_version(format!("Room version {v} is not supported")))?;
+        Ok(RoomVersion { id, rules })
+    }
+}
+
+/// Where a new event goes: an existing room, or a room its create event starts.
+pub enum Target<'a> {
+    Room(&'a RoomId, &'a RoomVersion),
+    NewRoom(&'a RoomVersion),
+}
+
+/// The parsed `m.room.power_levels` of a room, with the room's creators.
+pub struct PowerLevels {
+    content: Value,
+    creators: Vec<String>,
+}
+
+impl PowerLevels {
+    fn int(v: Option<&Value>, default: i64) -> i64 {
+        match v {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(default),
+            Some(Value::String(s)) => s.parse().unwrap_or(default),
+            _ => default,
+        }
+    }
+    pub fn user(&self, user: &UserId) -> i64 {
+        if self.creators.iter().any(|c| c == user.as_str()) {
+            return i64::MAX;
+        }
+        if self.content.is_null() {
+            return 0;
+        }
+        let default = Self::int(self.content.get("users_default"), 0);
+        Self::int(self.content.get("users").and_then(|u| u.get(user.as_str())), default)
+    }
+    pub fn action(&self, name: &str) -> i64 {
+        let default = match name {
+            "invite" => 0,
+            _ => 50,
+        };
+        Self::int(self.content.get(name), default)
+    }
+    pub fn event(&self, kind: &str, state: bool) -> i64 {
+        let default = if state {
+            Self::int(
+                self.content.get("state_default"),
+                if self.content.is_null() { 0 } else { 50 },
+            )
+        } else {
+            Self::int(self.content.get("events_default"), 0)
+        };
+        Self::int(self.content.get("events").and_then(|e| e.get(kind)), default)
+    }
+    pub fn notification(&self, key: &str) -> i64 {
+        Self::int(self.content.get("notifications").and_then(|n| n.get(key)), 50)
+    }
+}
+
+impl App {
+    pub async fn room_version(&self, room_id: &RoomId) -> Result<RoomVersion> {
+        let row = self
+            .store
+            .room(room_id.to_string())
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        RoomVersion::parse(&row.room_version)
+    }
+
+    /// The content of a current state event, if set.
+    pub async fn state_content(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<Value>> {
+        Ok(self
+            .store
+            .current_state_event(room_id.to_string(), kind.to_owned(), state_key.to_owned())
+            .await?
+            .map(|e| e.pdu.content_value()))
+    }
+
+    pub async fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .current_state_event(room_id.to_string(), "m.room.member".into(), user.to_string())
+            .await?
+            .and_then(|e| e.pdu.membership()))
+    }
+
+    pub async fn power_levels(&self, room_id: &RoomId) -> Result<PowerLevels> {
+        let version = self.room_version(room_id).await?;
+        let content = self
+            .state_content(room_id, "m.room.power_levels", "")
+            .await?
+            .unwrap_or(Value::Null);
+        let mut creators = vec![];
+        if version.rules.authorization.explicitly_privilege_room_creators {
+            if let Some(create) = self
+                .store
+                .current_state_event(room_id.to_string(), "m.room.create".into(), String::new())
+                .await?
+            {
+                creators.push(create.pdu.sender.to_string());
+                if let Some(extra) = create
+                    .pdu
+                    .content_value()
+                    .get("additional_creators")
+                    .and_then(Value::as_array)
+                {
+                    creators.extend(extra.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+                }
+            }
+        } else if content.is_null() {
+            // Without power levels, the creator holds power 100 (spec's default).
+            if let Some(create) = self
+                .store
+                .current_state_event(room_id.to_string(), "m.room.create".into(), String::new())
+                .await?
+            {
+                creators.push(create.pdu.sender.to_string());
+            }
+        }
+        Ok(PowerLevels { content, creators })
+    }
+
+    /// Sends an event as `sender`: the entry point for client sends. Takes
+    /// the room lock; a repeated transaction ID returns the first event.
+    pub async fn send_event(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        new: NewEvent,
+        txn: Option<(String, String)>,
+    ) -> Result<OwnedEventId> {
+        let _guard = self.room_locks.lock(room_id).await;
+        if let Some((device, txn_id)) = &txn {
+            if let Some(id) = self
+                .store
+                .event_by_txn(sender.to_string(), device.clone(), txn_id.clone())
+                .await?
+            {
+                return OwnedEventId::try_from(id).map_err(|e| Error::Internal(e.to_string()));
+            }
+        }
+        let version = self.room_version(room_id).await?;
+        let redacts = new.redacts.clone();
+        let pdu = self
+            .append_local(Target::Room(room_id, &version), sender, new, txn, None)
+            .await?;
+        if let Some(target) = redacts {
+            self.apply_redaction(&version, &pdu, &target).await?;
+        }
+        Ok(pdu.event_id)
+    }
+
+    /// Builds, authorises and persists one local event. The caller holds
+    /// the room's lock (or is creating the room).
+    pub async fn append_local(
+        &self,
+        target: Target<'_>,
+        sender: &UserId,
+        new: NewEvent,
+        txn: Option<(String, String)>,
+        new_room: Option<NewRoom>,
+    ) -> Result<Pdu> {
+        let (room_id, version) = match target {
+            Target::Room(r, v) => (Some(r), v),
+            Target::NewRoom(v) => (None, v),
+        };
+        let rules = &version.rules;
+        let (prev_events, depth, state) = match room_id {
+            Some(r) => {
+                let (prev, depth) = self.store.forward_extremities(r.to_string()).await?;
+                (prev, depth + 1, self.store.current_state_ids(r.to_string()).await?)
+            }
+            None => (vec![], 1, StateMap::new()),
+        };
+        let content_raw = serde_json::value::to_raw_value(&new.content).map_err(|e| Error::bad_json(e.to_string()))?;
+        let auth_keys = auth::auth_types(rules, &new.kind, sender, new.state_key.as_deref(), &content_raw)
+            .map_err(Error::bad_json)?;
+        let auth_events: Vec<OwnedEventId> = auth_keys.iter().filter_map(|k| state.get(k).cloned()).collect();
+        let mut check_keys = auth_keys.clone();
+        check_keys.push((StateEventType::RoomCreate, String::new()));
+        let replaced = new
+            .state_key
+            .as_ref()
+            .and_then(|sk| state.get(&(new.kind.to_string().into(), sk.clone())).cloned());
+
+        let pdu_room_id =
+            if rules.authorization.room_create_event_id_as_room_id && new.kind == TimelineEventType::RoomCreate {
+                None
+            } else {
+                room_id
+            };
+        if pdu_room_id.is_none() && new.kind != TimelineEventType::RoomCreate {
+            return Err(Error::Internal("event without a room".into()));
+        }
+        let pdu = build_pdu(
+            rules,
+            self.server_name.as_str(),
+            &self.key,
+            sender,
+            new,
+            Prev {
+                room_id: pdu_room_id,
+                prev_events,
+                auth_events,
+                depth,
+            },
+            MilliSecondsSinceUnixEpoch::now(),
+        )
+        .map_err(|e| match e {
+            BuildError::TooLarge => Error::too_large("Event too large"),
+            e => Error::bad_json(e.to_string()),
+        })?;
+
+        let mut wanted: Vec<String> = check_keys
+            .iter()
+            .filter_map(|k| state.get(k))
+            .map(|e| e.to_string())
+            .collect();
+        wanted.extend(pdu.auth_events.iter().map(|e| e.to_string()));
+        if let Some(r) = &replaced {
+            wanted.push(r.to_string());
+        }
+        wanted.sort();
+        wanted.dedup();
+        let loaded: HashMap<OwnedEventId, Pdu> = self
+            .store
+            .events(wanted)
+            .await?
+            .into_iter()
+            .map(|e| (e.pdu.event_id.clone(), e.pdu))
+            .collect();
+        let check_state: StateMap = check_keys
+            .into_iter()
+            .filter_map(|k| state.get(&k).cloned().map(|e| (k, e)))
+            .collect();
+        auth::check(rules, &pdu, &check_state, &loaded).map_err(|reason| {
+            tracing::debug!(%reason, event_type = %pdu.kind, "local event refused by auth rules");
+            Error::forbidden(format!("Not allowed: {reason}"))
+        })?;
+
+        let unsigned = replaced.as_ref().and_then(|r| loaded.get(r)).map(|prev| {
+            json!({
+                "prev_content": prev.content_value(),
+                "prev_sender": prev.sender,
+                "replaces_state": prev.event_id,
+            })
+        });
+        let (rel_type, relates_to) = relation_of(&pdu);
+        match self
+            .store
+            .append_event(NewRoomEvent {
+                pdu: pdu.clone(),
+                unsigned,
+                txn,
+                rel_type,
+                relates_to,
+                new_room,
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Exists) => return Err(Error::room_in_use("Event already exists")),
+            Err(e) => return Err(e.into()),
+        }
+        self.notify();
+        Ok(pdu)
+    }
+
+    /// Replaces the redacted event by its redacted form, if the redaction's
+    /// sender may redact it (their own event, or enough power).
+    async fn apply_redaction(&self, version: &RoomVersion, redaction: &Pdu, target: &ruma::EventId) -> Result<()> {
+        let Some(ev) = self.store.event(target.to_string()).await? else {
+            return Ok(());
+        };
+        if ev.pdu.room_id != redaction.room_id || ev.redacted_by.is_some() {
+            return Ok(());
+        }
+        if ev.pdu.sender != redaction.sender {
+            let pl = self.power_levels(&redaction.room_id).await?;
+            if pl.user(&redaction.sender) < pl.action("redact") {
+                return Ok(());
+            }
+        }
+        let obj: ruma::CanonicalJsonObject =
+            serde_json::from_str(ev.pdu.json.get()).map_err(|e| Error::Internal(e.to_string()))?;
+        let redacted = ruma::canonical_json::redact(obj, &version.rules.redaction, None)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store
+            .redact_event(target.to_string(), json, redaction.event_id.to_string())
+            .await?;
+        self.notify();
+        Ok(())
+    }
+}
+
+/// The `m.relates_to` of an event: relation type and parent event ID.
+fn relation_of(pdu: &Pdu) -> (Option<String>, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct C {
+        #[serde(rename = "m.relates_to")]
+        rel: Option<R>,
+    }
+    #[derive(serde::Deserialize)]
+    struct R {
+        rel_type: Option<String>,
+        event_id: Option<String>,
+    }
+    match serde_json::from_str::<C>(pdu.content.get()) {
+        Ok(C {
+            rel: Some(R {
+                rel_type: Some(t),
+                event_id: Some(e),
+            }),
+        }) => (Some(t), Some(e)),
+        _ => (None, None),
+    }
+}
+
+/// The content of an event a client asked for: must be a JSON object.
+pub fn content_object(raw: &serde_json::value::RawValue) -> Result<Value> {
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(Error::bad_json("Event content must be a JSON object")),
+        Err(e) => Err(Error::not_json(e.to_string())),
+    }
+}

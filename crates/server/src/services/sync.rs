@@ -1,0 +1,513 @@
+//! `/sync`: what changed for a user between two tokens, and waiting for it.
+//!
+//! A token is `s{pos}_{typing}_{presence}`: the stream position (every
+//! persisted change is below it and nothing above it was shown), plus the
+//! serials of the in-memory typing and presence state.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
+
+use missive_store::{Direction, StoredEvent};
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, UInt,
+    api::client::{
+        filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
+        sync::sync_events::v3 as sync,
+    },
+    serde::Raw,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    App, Error, Result,
+    services::{
+        accounts::Session,
+        timeline::{filter_allows, position_token},
+    },
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncToken {
+    pub pos: i64,
+    pub typing: u64,
+    pub presence: u64,
+}
+
+impl SyncToken {
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.strip_prefix('s')?.split('_');
+        let pos = it.next()?.parse().ok()?;
+        let typing = it.next().map(|t| t.parse()).transpose().ok()?.unwrap_or(0);
+        let presence = it.next().map(|t| t.parse()).transpose().ok()?.unwrap_or(0);
+        Some(SyncToken { pos, typing, presence })
+    }
+}
+
+impl std::fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}_{}_{}", self.pos, self.typing, self.presence)
+    }
+}
+
+const STRIPPED_STATE: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+fn raw<T>(v: &Value) -> Result<Raw<T>> {
+    Ok(Raw::from_json(
+        serde_json::value::to_raw_value(v).map_err(|e| Error::Internal(e.to_string()))?,
+    ))
+}
+
+pub struct SyncRequest {
+    pub since: Option<SyncToken>,
+    pub filter: FilterDefinition,
+    pub full_state: bool,
+    pub timeout: Duration,
+}
+
+impl App {
+    /// Answers a sync, waiting up to the timeout when there is nothing new.
+    pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<sync::Response> {
+        let deadline = tokio::time::Instant::now() + req.timeout;
+        let mut rx = self.notifier.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let (resp, empty) = self.sync_once(session, &req).await?;
+            if !empty || req.since.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
+                return Ok(resp);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                // One last look: the response's token must be current.
+                return Ok(self.sync_once(session, &req).await?.0);
+            }
+        }
+    }
+
+    async fn sync_once(&self, session: &Session, req: &SyncRequest) -> Result<(sync::Response, bool)> {
+        let user = &session.user_id;
+        let upto = self.store.persisted_upto();
+        let next = SyncToken {
+            pos: upto,
+            typing: self.typing.serial(),
+            presence: self.presence.serial(),
+        };
+        let since = req.since;
+        let since_pos = since.map(|s| s.pos);
+        let mut resp = sync::Response::new(next.to_string());
+        let mut empty = true;
+
+        let room_filter = &req.filter.room;
+        let forgotten: HashSet<String> = self
+            .store
+            .forgotten_rooms(user.to_string())
+            .await?
+            .into_iter()
+            .collect();
+        let mut shared_users: HashSet<OwnedUserId> = HashSet::new();
+
+        for m in self.store.memberships(user.to_string()).await? {
+            let Ok(room_id) = OwnedRoomId::try_from(m.room_id.clone()) else {
+                continue;
+            };
+            if m.stream_pos > upto {
+                continue;
+            }
+            if let Some(rooms) = &room_filter.rooms {
+                if !rooms.contains(&room_id) {
+                    continue;
+                }
+            }
+            if room_filter.not_rooms.contains(&room_id) {
+                continue;
+            }
+            let changed_since = since_pos.is_none_or(|s| m.stream_pos > s);
+            match m.membership.as_str() {
+                "join" => {
+                    let fresh = req.full_state || since_pos.is_none() || changed_since;
+                    let joined = self
+                        .joined_room(session, &room_id, since, fresh, upto, &req.filter)
+                        .await?;
+                    for (u, mm) in self.store.room_members(room_id.to_string()).await? {
+                        if mm == "join" {
+                            if let Ok(u) = OwnedUserId::try_from(u) {
+                                shared_users.insert(u);
+                            }
+                        }
+                    }
+                    if let Some(j) = joined {
+                        empty = false;
+                        resp.rooms.join.insert(room_id, j);
+                    }
+                }
+                "invite" if changed_since => {
+                    let mut room = sync::InvitedRoom::new();
+                    room.invite_state.events = self.stripped_state(&room_id, &m.event_id).await?;
+                    resp.rooms.invite.insert(room_id, room);
+                    empty = false;
+                }
+                "knock" if changed_since => {
+                    let mut room = sync::KnockedRoom::new();
+                    room.knock_state.events = self.stripped_state(&room_id, &m.event_id).await?;
+                    resp.rooms.knock.insert(room_id, room);
+                    empty = false;
+                }
+                "leave" | "ban" if changed_since && !forgotten.contains(&m.room_id) => {
+                    if since_pos.is_none() && !room_filter.include_leave {
+                        continue;
+                    }
+                    if let Some(left) = self
+                        .left_room(session, &room_id, since, m.stream_pos, &req.filter)
+                        .await?
+                    {
+                        resp.rooms.leave.insert(room_id, left);
+                        empty = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // Global account data.
+        for row in self
+            .store
+            .account_data_since(user.to_string(), since_pos.unwrap_or(0), upto)
+            .await?
+        {
+            if !row.room_id.is_empty() {
+                continue;
+            }
+            resp.account_data
+                .events
+                .push(raw(&json!({ "type": row.kind, "content": row.content }))?);
+            empty = false;
+        }
+
+        // Presence of users who share a room.
+        if self.config.presence {
+            shared_users.insert(user.clone());
+            let users: Vec<_> = shared_users.into_iter().collect();
+            let now = crate::services::accounts::now_ms();
+            for (u, p) in self
+                .presence
+                .changed_since(&users, since.map(|s| s.presence).unwrap_or(0))
+            {
+                let mut content = json!({
+                    "presence": p.state,
+                    "last_active_ago": (now - p.last_active_ms).max(0),
+                    "currently_active": p.state == "online",
+                });
+                if let Some(m) = p.status_msg {
+                    content["status_msg"] = m.into();
+                }
+                resp.presence
+                    .events
+                    .push(raw(&json!({ "type": "m.presence", "sender": u, "content": content }))?);
+                if &u != user {
+                    empty = false;
+                }
+            }
+        }
+        Ok((resp, empty))
+    }
+
+    /// Stripped state shown with an invite or knock.
+    async fn stripped_state(
+        &self,
+        room_id: &RoomId,
+        own_event: &str,
+    ) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+        let state = self.store.current_state_ids(room_id.to_string()).await?;
+        let mut ids: Vec<String> = STRIPPED_STATE
+            .iter()
+            .filter_map(|t| state.get(&((*t).into(), String::new())))
+            .map(|e| e.to_string())
+            .collect();
+        ids.push(own_event.to_owned());
+        let mut out = vec![];
+        for ev in self.store.events(ids).await? {
+            out.push(raw(&ev.pdu.to_stripped())?);
+        }
+        Ok(out)
+    }
+
+    /// The timeline of a room between two positions, newest `limit` of them,
+    /// filtered and visible, and whether older ones were left out.
+    async fn timeline_window(
+        &self,
+        user: &ruma::UserId,
+        room_id: &RoomId,
+        after: Option<i64>,
+        upto: i64,
+        filter: &RoomEventFilter,
+    ) -> Result<(Vec<StoredEvent>, bool)> {
+        let limit = filter.limit.map(|l| u64::from(l) as usize).unwrap_or(10).clamp(1, 100);
+        let mut events = self
+            .store
+            .room_events(room_id.to_string(), upto + 1, after, Direction::Backward, limit + 1)
+            .await?;
+        let limited = events.len() > limit;
+        events.truncate(limit);
+        events.reverse();
+        let events: Vec<_> = events.into_iter().filter(|e| filter_allows(filter, e)).collect();
+        Ok((self.filter_visible(user, room_id, events).await?, limited))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn joined_room(
+        &self,
+        session: &Session,
+        room_id: &RoomId,
+        since: Option<SyncToken>,
+        fresh: bool,
+        upto: i64,
+        filter: &FilterDefinition,
+    ) -> Result<Option<sync::JoinedRoom>> {
+        let user = &session.user_id;
+        let after = if fresh { None } else { since.map(|s| s.pos) };
+        let (timeline, limited) = self
+            .timeline_window(user, room_id, after, upto, &filter.room.timeline)
+            .await?;
+        let mut room = sync::JoinedRoom::new();
+
+        // State: everything at the timeline's start when fresh; otherwise
+        // what changed between the last sync and the timeline's start.
+        let start_pos = timeline.first().map(|e| e.stream_pos - 1).unwrap_or(upto);
+        let state_filter = &filter.room.state;
+        let lazy = !matches!(state_filter.lazy_load_options, LazyLoadOptions::Disabled);
+        let state_now = match self.store.last_event_at(room_id.to_string(), start_pos).await? {
+            Some(e) => self.store.state_at_group(e.state_group).await?,
+            None => Default::default(),
+        };
+        let mut state_ids: Vec<String> = vec![];
+        if fresh || limited {
+            let before = if fresh {
+                None
+            } else {
+                match self
+                    .store
+                    .last_event_at(room_id.to_string(), since.map(|s| s.pos).unwrap_or(0))
+                    .await?
+                {
+                    Some(e) => Some(self.store.state_at_group(e.state_group).await?),
+                    None => None,
+                }
+            };
+            let senders: HashSet<String> = timeline.iter().map(|e| e.pdu.sender.to_string()).collect();
+            for ((kind, key), id) in state_now.iter() {
+                if before
+                    .as_ref()
+                    .is_some_and(|b| b.get(&(kind.clone(), key.clone())) == Some(id))
+                {
+                    continue;
+                }
+                let k = kind.to_string();
+                if lazy && k == "m.room.member" && !senders.contains(key) && key != user.as_str() {
+                    continue;
+                }
+                if state_filter
+                    .not_types
+                    .iter()
+                    .any(|t| crate::services::timeline::type_matches(t, &k))
+                {
+                    continue;
+                }
+                if let Some(types) = &state_filter.types {
+                    if !types.iter().any(|t| crate::services::timeline::type_matches(t, &k)) {
+                        continue;
+                    }
+                }
+                state_ids.push(id.to_string());
+            }
+        } else if lazy {
+            // Members of this timeline's senders, so the client can show them.
+            for ev in &timeline {
+                if let Some(id) = state_now.get(&("m.room.member".into(), ev.pdu.sender.to_string())) {
+                    state_ids.push(id.to_string());
+                }
+            }
+            state_ids.sort();
+            state_ids.dedup();
+        }
+        let state_events = self.store.events(state_ids).await?;
+        let mut state_json = vec![];
+        for ev in &state_events {
+            state_json.push(raw(&self.client_event(ev, Some(session)).await?)?);
+        }
+        room.state = sync::State::Before(state_json.into());
+
+        room.timeline.limited = limited;
+        room.timeline.prev_batch = Some(position_token(start_pos));
+        for ev in &timeline {
+            room.timeline
+                .events
+                .push(raw(&self.client_event(ev, Some(session)).await?)?);
+        }
+
+        // Ephemeral: typing and receipts.
+        let mut ephemeral = false;
+        let typing_since = if fresh { 0 } else { since.map(|s| s.typing).unwrap_or(0) };
+        if let Some(users) = self.typing.changed_since(room_id, typing_since) {
+            if fresh && users.is_empty() {
+                // Nothing to say on a fresh sync.
+            } else {
+                room.ephemeral
+                    .events
+                    .push(raw(&json!({ "type": "m.typing", "content": { "user_ids": users } }))?);
+                ephemeral = true;
+            }
+        }
+        let receipts = self
+            .store
+            .receipts_since(
+                room_id.to_string(),
+                if fresh { 0 } else { since.map(|s| s.pos).unwrap_or(0) },
+                upto,
+            )
+            .await?;
+        let mut content: BTreeMap<String, Value> = BTreeMap::new();
+        for r in receipts {
+            if r.receipt_type == "m.read.private" && r.user_id != user.as_str() {
+                continue;
+            }
+            let mut receipt = json!({ "ts": r.ts });
+            if r.thread_id != "unthreaded" {
+                receipt["thread_id"] = r.thread_id.clone().into();
+            }
+            content
+                .entry(r.event_id)
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("object")
+                .entry(r.receipt_type)
+                .or_insert_with(|| json!({}))[r.user_id] = receipt;
+        }
+        if !content.is_empty() {
+            room.ephemeral
+                .events
+                .push(raw(&json!({ "type": "m.receipt", "content": content }))?);
+            ephemeral = true;
+        }
+
+        // Room account data.
+        let mut account_data = false;
+        for row in self
+            .store
+            .account_data_since(
+                user.to_string(),
+                if fresh { 0 } else { since.map(|s| s.pos).unwrap_or(0) },
+                upto,
+            )
+            .await?
+        {
+            if row.room_id == room_id.as_str() {
+                room.account_data
+                    .events
+                    .push(raw(&json!({ "type": row.kind, "content": row.content }))?);
+                account_data = true;
+            }
+        }
+
+        // Summary and unread counts.
+        let members = self.store.room_members(room_id.to_string()).await?;
+        let joined = members.iter().filter(|(_, m)| m == "join").count();
+        let invited = members.iter().filter(|(_, m)| m == "invite").count();
+        room.summary.joined_member_count = UInt::new(joined as u64);
+        room.summary.invited_member_count = UInt::new(invited as u64);
+        let has_name = state_now.contains_key(&("m.room.name".into(), String::new()))
+            || state_now.contains_key(&("m.room.canonical_alias".into(), String::new()));
+        if !has_name {
+            let mut heroes: Vec<_> = members
+                .iter()
+                .filter(|(u, m)| u != user.as_str() && (m == "join" || m == "invite"))
+                .filter_map(|(u, _)| OwnedUserId::try_from(u.clone()).ok())
+                .collect();
+            heroes.sort();
+            heroes.truncate(5);
+            room.summary.heroes = heroes;
+        }
+        let (notifications, highlights) = self.unread_counts(user, room_id, upto).await?;
+        room.unread_notifications.notification_count = UInt::new(notifications);
+        room.unread_notifications.highlight_count = UInt::new(highlights);
+
+        if fresh || !timeline.is_empty() || limited || ephemeral || account_data || !state_events.is_empty() {
+            Ok(Some(room))
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn left_room(
+        &self,
+        session: &Session,
+        room_id: &RoomId,
+        since: Option<SyncToken>,
+        left_at: i64,
+        filter: &FilterDefinition,
+    ) -> Result<Option<sync::LeftRoom>> {
+        let (timeline, limited) = self
+            .timeline_window(
+                &session.user_id,
+                room_id,
+                since.map(|s| s.pos),
+                left_at,
+                &filter.room.timeline,
+            )
+            .await?;
+        let mut room = sync::LeftRoom::new();
+        room.timeline.limited = limited;
+        let start = timeline.first().map(|e| e.stream_pos - 1).unwrap_or(left_at);
+        room.timeline.prev_batch = Some(position_token(start));
+        for ev in &timeline {
+            room.timeline
+                .events
+                .push(raw(&self.client_event(ev, Some(session)).await?)?);
+        }
+        Ok(Some(room))
+    }
+
+    /// Messages from others after the user's last read receipt: every one
+    /// counts as a notification; those that mention the user highlight.
+    async fn unread_counts(&self, user: &ruma::UserId, room_id: &RoomId, upto: i64) -> Result<(u64, u64)> {
+        let receipts = self.store.receipts_since(room_id.to_string(), 0, upto).await?;
+        let mut read_pos = 0;
+        for r in receipts
+            .iter()
+            .filter(|r| r.user_id == user.as_str() && r.receipt_type.starts_with("m.read"))
+        {
+            if let Some(ev) = self.store.event(r.event_id.clone()).await? {
+                read_pos = read_pos.max(ev.stream_pos);
+            }
+        }
+        let events = self
+            .store
+            .room_events(room_id.to_string(), read_pos, Some(upto), Direction::Forward, 1000)
+            .await?;
+        let (mut n, mut h) = (0, 0);
+        for ev in events {
+            let kind = ev.pdu.kind.to_string();
+            if ev.pdu.sender == user || !(kind == "m.room.message" || kind == "m.room.encrypted") {
+                continue;
+            }
+            n += 1;
+            let c = ev.pdu.content_value();
+            let mentioned = c
+                .get("m.mentions")
+                .and_then(|m| m.get("user_ids"))
+                .and_then(Value::as_array)
+                .is_some_and(|ids| ids.iter().any(|i| i.as_str() == Some(user.as_str())));
+            if mentioned {
+                h += 1;
+            }
+        }
+        Ok((n, h))
+    }
+}

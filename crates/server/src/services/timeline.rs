@@ -1,0 +1,148 @@
+//! Reading room history: visibility (history visibility and membership at
+//! each event), the client format, and pagination tokens.
+
+use std::collections::HashMap;
+
+use missive_core::visibility::{HistoryVisibility, may_see};
+use missive_store::StoredEvent;
+use ruma::{RoomId, UserId, api::client::filter::RoomEventFilter};
+use serde_json::{Value, json};
+
+use crate::{App, Result, services::accounts::Session};
+
+/// A position in a room's timeline: between the event at `pos` and the next.
+/// Sync tokens (`s…`) are accepted wherever a pagination token is.
+pub fn parse_position(token: &str) -> Option<i64> {
+    let rest = token.strip_prefix('s').or_else(|| token.strip_prefix('t'))?;
+    rest.split('_').next()?.parse().ok()
+}
+
+pub fn position_token(pos: i64) -> String {
+    format!("t{pos}")
+}
+
+/// Matches an event type against a filter pattern (`*` is a wildcard).
+pub fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}
+
+/// Whether an event passes a room event filter's type and sender clauses.
+pub fn filter_allows(filter: &RoomEventFilter, ev: &StoredEvent) -> bool {
+    let kind = ev.pdu.kind.to_string();
+    if filter.not_types.iter().any(|t| type_matches(t, &kind)) {
+        return false;
+    }
+    if let Some(types) = &filter.types {
+        if !types.iter().any(|t| type_matches(t, &kind)) {
+            return false;
+        }
+    }
+    if filter.not_senders.iter().any(|s| *s == ev.pdu.sender) {
+        return false;
+    }
+    if let Some(senders) = &filter.senders {
+        if !senders.iter().any(|s| *s == ev.pdu.sender) {
+            return false;
+        }
+    }
+    if let Some(url) = filter.url_filter {
+        let has_url = ev.pdu.content_value().get("url").is_some();
+        let want = matches!(url, ruma::api::client::filter::UrlFilter::EventsWithUrl);
+        if has_url != want {
+            return false;
+        }
+    }
+    true
+}
+
+impl App {
+    /// Keeps the events `user` may see under the room's history visibility.
+    pub async fn filter_visible(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        events: Vec<StoredEvent>,
+    ) -> Result<Vec<StoredEvent>> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let now = self.membership(room_id, user).await?;
+        let mut by_group: HashMap<i64, bool> = HashMap::new();
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let visible = match by_group.get(&ev.state_group) {
+                Some(v) => *v,
+                None => {
+                    let v = self.visible_at_group(user, ev.state_group, now.as_deref()).await?;
+                    by_group.insert(ev.state_group, v);
+                    v
+                }
+            };
+            if visible {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn visible_at_group(&self, user: &UserId, group: i64, now: Option<&str>) -> Result<bool> {
+        let state = self.store.state_at_group(group).await?;
+        let mut ids = vec![];
+        let hv_id = state.get(&("m.room.history_visibility".into(), String::new())).cloned();
+        let member_id = state.get(&("m.room.member".into(), user.to_string())).cloned();
+        ids.extend(hv_id.iter().map(|e| e.to_string()));
+        ids.extend(member_id.iter().map(|e| e.to_string()));
+        let loaded = self.store.events(ids).await?;
+        let find =
+            |id: &Option<ruma::OwnedEventId>| id.as_ref().and_then(|id| loaded.iter().find(|e| &e.pdu.event_id == id));
+        let vis = find(&hv_id).and_then(|e| {
+            e.pdu
+                .content_value()
+                .get("history_visibility")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        let at_event = find(&member_id).and_then(|e| e.pdu.membership());
+        Ok(may_see(
+            HistoryVisibility::parse(vis.as_deref()),
+            at_event.as_deref(),
+            now,
+        ))
+    }
+
+    /// Whether `user` may see this one event.
+    pub async fn may_see_event(&self, user: &UserId, ev: &StoredEvent) -> Result<bool> {
+        let now = self.membership(&ev.pdu.room_id, user).await?;
+        self.visible_at_group(user, ev.state_group, now.as_deref()).await
+    }
+
+    /// Events in the client format, with `unsigned` filled in for the viewer.
+    pub async fn client_events(&self, events: &[StoredEvent], viewer: Option<&Session>) -> Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            out.push(self.client_event(ev, viewer).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn client_event(&self, ev: &StoredEvent, viewer: Option<&Session>) -> Result<Value> {
+        let mut unsigned = ev.unsigned.clone().unwrap_or_else(|| json!({}));
+        let now = crate::services::accounts::now_ms();
+        let ts = u64::from(ev.pdu.origin_server_ts.0) as i64;
+        unsigned["age"] = (now - ts).max(0).into();
+        if let (Some(v), Some(dev), Some(txn)) = (viewer, &ev.txn_device, &ev.txn_id) {
+            if v.user_id == ev.pdu.sender && v.device_id.as_str() == dev {
+                unsigned["transaction_id"] = txn.clone().into();
+            }
+        }
+        if let Some(by) = &ev.redacted_by {
+            if let Some(r) = self.store.event(by.clone()).await? {
+                unsigned["redacted_because"] = r.pdu.to_client_event(None);
+            }
+        }
+        Ok(ev.pdu.to_client_event(Some(unsigned)))
+    }
+}

@@ -1,0 +1,313 @@
+//! Users, devices, access and refresh tokens, registration tokens, the
+//! server's signing keys.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::{
+    DeviceRow, RegistrationToken, Result, StoreError, TokenOwner, UserRow,
+    sqlite::{Store, now_ms},
+};
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        user_id: r.get(0)?,
+        password_hash: r.get(1)?,
+        is_admin: r.get(2)?,
+        deactivated: r.get(3)?,
+        displayname: r.get(4)?,
+        avatar_url: r.get(5)?,
+    })
+}
+
+/// A new device's tokens: access token hash, optional refresh token hash and expiry.
+pub struct NewSession {
+    pub user_id: String,
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub access_hash: Vec<u8>,
+    pub refresh_hash: Option<Vec<u8>>,
+    pub expires_ts: Option<i64>,
+}
+
+impl Store {
+    pub async fn signing_key(&self) -> Result<Option<(String, Vec<u8>)>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT version, der FROM server_keys ORDER BY created_ts DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn insert_signing_key(&self, version: String, der: Vec<u8>) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "INSERT INTO server_keys (version, der, created_ts) VALUES (?1, ?2, ?3)",
+                params![version, der, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn create_user(&self, user_id: String, password_hash: Option<String>, is_admin: bool) -> Result<()> {
+        self.write(move |tx, _| {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO users (user_id, password_hash, is_admin, created_ts) VALUES (?1, ?2, ?3, ?4)",
+                params![user_id, password_hash, is_admin, now_ms()],
+            )?;
+            if n == 0 { Err(StoreError::Exists) } else { Ok(()) }
+        })
+        .await
+    }
+
+    pub async fn user(&self, user_id: String) -> Result<Option<UserRow>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT user_id, password_hash, is_admin, deactivated, displayname, avatar_url FROM users WHERE user_id = ?1",
+                [user_id],
+                user_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn user_count(&self) -> Result<i64> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?))
+            .await
+    }
+
+    pub async fn set_password(&self, user_id: String, hash: String) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "UPDATE users SET password_hash = ?2 WHERE user_id = ?1",
+                params![user_id, hash],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks the user deactivated and removes every device and token.
+    pub async fn deactivate_user(&self, user_id: String) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, avatar_url = NULL WHERE user_id = ?1",
+                [&user_id],
+            )?;
+            tx.execute("DELETE FROM access_tokens WHERE user_id = ?1", [&user_id])?;
+            tx.execute("DELETE FROM refresh_tokens WHERE user_id = ?1", [&user_id])?;
+            tx.execute("DELETE FROM devices WHERE user_id = ?1", [&user_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_displayname(&self, user_id: String, value: Option<String>) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "UPDATE users SET displayname = ?2 WHERE user_id = ?1",
+                params![user_id, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_avatar_url(&self, user_id: String, value: Option<String>) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "UPDATE users SET avatar_url = ?2 WHERE user_id = ?1",
+                params![user_id, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates (or re-uses, on re-login with the same device ID) a device with fresh tokens.
+    /// Tokens previously issued to that device are revoked.
+    pub async fn create_session(&self, s: NewSession) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET display_name = COALESCE(excluded.display_name, devices.display_name)",
+                params![s.user_id, s.device_id, s.display_name, now_ms()],
+            )?;
+            tx.execute("DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2", params![s.user_id, s.device_id])?;
+            tx.execute("DELETE FROM refresh_tokens WHERE user_id = ?1 AND device_id = ?2", params![s.user_id, s.device_id])?;
+            tx.execute(
+                "INSERT INTO access_tokens (token_hash, user_id, device_id, expires_ts) VALUES (?1, ?2, ?3, ?4)",
+                params![s.access_hash, s.user_id, s.device_id, s.expires_ts],
+            )?;
+            if let Some(r) = s.refresh_hash {
+                tx.execute(
+                    "INSERT INTO refresh_tokens (token_hash, user_id, device_id) VALUES (?1, ?2, ?3)",
+                    params![r, s.user_id, s.device_id],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn token_owner(&self, token_hash: Vec<u8>) -> Result<Option<TokenOwner>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(TokenOwner {
+                        user_id: r.get(0)?,
+                        device_id: r.get(1)?,
+                        expires_ts: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Swaps a refresh token for a new access/refresh pair; `None` if the
+    /// refresh token is unknown (already used or revoked).
+    pub async fn rotate_refresh_token(
+        &self,
+        old_refresh: Vec<u8>,
+        new_access: Vec<u8>,
+        new_refresh: Vec<u8>,
+        expires_ts: Option<i64>,
+    ) -> Result<Option<(String, String)>> {
+        self.write(move |tx, _| {
+            let owner: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT user_id, device_id FROM refresh_tokens WHERE token_hash = ?1",
+                    [&old_refresh],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((user, device)) = owner else { return Ok(None) };
+            tx.execute(
+                "DELETE FROM refresh_tokens WHERE user_id = ?1 AND device_id = ?2",
+                params![user, device],
+            )?;
+            tx.execute(
+                "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
+                params![user, device],
+            )?;
+            tx.execute(
+                "INSERT INTO access_tokens (token_hash, user_id, device_id, expires_ts) VALUES (?1, ?2, ?3, ?4)",
+                params![new_access, user, device, expires_ts],
+            )?;
+            tx.execute(
+                "INSERT INTO refresh_tokens (token_hash, user_id, device_id) VALUES (?1, ?2, ?3)",
+                params![new_refresh, user, device],
+            )?;
+            Ok(Some((user, device)))
+        })
+        .await
+    }
+
+    pub async fn devices(&self, user_id: String) -> Result<Vec<DeviceRow>> {
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = ?1 ORDER BY device_id",
+            )?;
+            let rows = st.query_map([user_id], |r| {
+                Ok(DeviceRow { device_id: r.get(0)?, display_name: r.get(1)?, last_seen_ts: r.get(2)?, last_seen_ip: r.get(3)? })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    pub async fn set_device_name(&self, user_id: String, device_id: String, name: Option<String>) -> Result<bool> {
+        self.write(move |tx, _| {
+            Ok(tx.execute(
+                "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device_id, name],
+            )? > 0)
+        })
+        .await
+    }
+
+    pub async fn touch_device(&self, user_id: String, device_id: String, ip: Option<String>) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = COALESCE(?4, last_seen_ip) WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device_id, now_ms(), ip],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes devices and their tokens; logging out is deleting the device.
+    pub async fn delete_devices(&self, user_id: String, device_ids: Vec<String>) -> Result<()> {
+        self.write(move |tx, _| {
+            for d in &device_ids {
+                tx.execute(
+                    "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
+                    params![user_id, d],
+                )?;
+                tx.execute(
+                    "DELETE FROM refresh_tokens WHERE user_id = ?1 AND device_id = ?2",
+                    params![user_id, d],
+                )?;
+                tx.execute(
+                    "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
+                    params![user_id, d],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn create_registration_token(&self, t: RegistrationToken) -> Result<()> {
+        self.write(move |tx, _| {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO registration_tokens (token, uses_allowed, completed, expiry_ts) VALUES (?1, ?2, 0, ?3)",
+                params![t.token, t.uses_allowed, t.expiry_ts],
+            )?;
+            if n == 0 { Err(StoreError::Exists) } else { Ok(()) }
+        })
+        .await
+    }
+
+    pub async fn registration_token(&self, token: String) -> Result<Option<RegistrationToken>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens WHERE token = ?1",
+                [token],
+                |r| {
+                    Ok(RegistrationToken {
+                        token: r.get(0)?,
+                        uses_allowed: r.get(1)?,
+                        completed: r.get(2)?,
+                        expiry_ts: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Counts one completed registration against the token, atomically;
+    /// false if it was used up or expired meanwhile.
+    pub async fn use_registration_token(&self, token: String) -> Result<bool> {
+        self.write(move |tx, _| {
+            Ok(tx.execute(
+                "UPDATE registration_tokens SET completed = completed + 1 WHERE token = ?1 \
+                 AND (uses_allowed IS NULL OR completed < uses_allowed) AND (expiry_ts IS NULL OR expiry_ts > ?2)",
+                params![token, now_ms()],
+            )? > 0)
+        })
+        .await
+    }
+}

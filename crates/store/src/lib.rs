@@ -1,0 +1,32 @@
+//! Persistence. The server talks to storage only through [`Store`]; the
+//! SQLite backend (embedded default) is the first implementation and the
+//! only place with SQL.
+//!
+//! Every change a client can sync is stamped with one stream position taken
+//! from a single counter; [`Store::persisted_upto`] is the highest position
+//! below which every position is committed, and sync never reads past it.
+
+pub mod accounts;
+mod events;
+mod misc;
+mod sqlite;
+pub mod types;
+
+pub use sqlite::Store;
+pub use types::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("already exists")]
+    Exists,
+    #[error("not found")]
+    NotFound,
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

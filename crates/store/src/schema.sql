@@ -1,0 +1,133 @@
+CREATE TABLE IF NOT EXISTS server_keys (
+    version TEXT PRIMARY KEY,
+    der BLOB NOT NULL,
+    created_ts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    password_hash TEXT,
+    is_admin INTEGER NOT NULL DEFAULT 0,
+    deactivated INTEGER NOT NULL DEFAULT 0,
+    displayname TEXT,
+    avatar_url TEXT,
+    created_ts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    display_name TEXT,
+    last_seen_ts INTEGER,
+    last_seen_ip TEXT,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE IF NOT EXISTS access_tokens (
+    token_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    expires_ts INTEGER
+);
+CREATE INDEX IF NOT EXISTS access_tokens_device ON access_tokens (user_id, device_id);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_device ON refresh_tokens (user_id, device_id);
+CREATE TABLE IF NOT EXISTS registration_tokens (
+    token TEXT PRIMARY KEY,
+    uses_allowed INTEGER,
+    completed INTEGER NOT NULL DEFAULT 0,
+    expiry_ts INTEGER
+);
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id TEXT PRIMARY KEY,
+    room_version TEXT NOT NULL,
+    creator TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    stream_pos INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT,
+    sender TEXT NOT NULL,
+    depth INTEGER NOT NULL,
+    origin_server_ts INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    unsigned TEXT,
+    state_group INTEGER NOT NULL,
+    redacted_by TEXT,
+    rel_type TEXT,
+    relates_to TEXT,
+    txn_device TEXT,
+    txn_id TEXT
+);
+CREATE INDEX IF NOT EXISTS events_room ON events (room_id, stream_pos);
+CREATE INDEX IF NOT EXISTS events_relations ON events (relates_to, rel_type);
+CREATE INDEX IF NOT EXISTS events_ts ON events (room_id, origin_server_ts);
+CREATE UNIQUE INDEX IF NOT EXISTS events_txn ON events (sender, txn_device, txn_id) WHERE txn_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS forward_extremities (
+    room_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (room_id, event_id)
+);
+CREATE TABLE IF NOT EXISTS state_groups (
+    id INTEGER PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    prev_id INTEGER,
+    chain_len INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state_group_entries (
+    group_id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (group_id, type, state_key)
+);
+CREATE TABLE IF NOT EXISTS current_state (
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    membership TEXT,
+    stream_pos INTEGER NOT NULL,
+    PRIMARY KEY (room_id, type, state_key)
+);
+CREATE INDEX IF NOT EXISTS current_state_members ON current_state (state_key, membership) WHERE type = 'm.room.member';
+CREATE TABLE IF NOT EXISTS forgotten_rooms (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+);
+CREATE TABLE IF NOT EXISTS room_aliases (
+    alias TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    creator TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS account_data (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id, type)
+);
+CREATE INDEX IF NOT EXISTS account_data_pos ON account_data (user_id, stream_pos);
+CREATE TABLE IF NOT EXISTS receipts (
+    room_id TEXT NOT NULL,
+    receipt_type TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    PRIMARY KEY (room_id, receipt_type, user_id, thread_id)
+);
+CREATE INDEX IF NOT EXISTS receipts_pos ON receipts (room_id, stream_pos);
+CREATE TABLE IF NOT EXISTS filters (
+    user_id TEXT NOT NULL,
+    filter_id INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, filter_id)
+);
