@@ -1,1 +1,10 @@
+//! End-to-end tests: each starts the real `missive` binary on a free port
+//! with a throwaway data directory and drives it over HTTP, with the
+//! `matrix-sdk` client (end-to-end encryption on) and with raw requests
+//! where a test must see the exact wire format.
 
+mod bad_input;
+mod common;
+mod concurrency;
+mod durability;
+mod rooms;

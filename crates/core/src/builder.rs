@@ -59,7 +59,7 @@ pub struct Prev<'a> {
 }
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
-pub const MAX_PDU_BYTES: usize = 65_536;
+pub const MAX_PDU_BYTES: usize = 65_535;
 
 #[allow(clippy::too_many_arguments)]
 pub fn build_pdu(
@@ -104,7 +104,19 @@ pub fn build_pdu(
         }
     }
 
-    hash_and_sign_event(server_name, key, &mut obj, &rules.redaction).map_err(|e| BuildError::Json(e.to_string()))?;
+    // The spec bounds the whole PDU; hashes and signatures add well under
+    // a kilobyte, so an event already over the limit is refused up front.
+    if serde_json::to_string(&obj)
+        .map_err(|e| BuildError::Json(e.to_string()))?
+        .len()
+        > MAX_PDU_BYTES
+    {
+        return Err(BuildError::TooLarge);
+    }
+    hash_and_sign_event(server_name, key, &mut obj, &rules.redaction).map_err(|e| match e {
+        ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
+        e => BuildError::Json(e.to_string()),
+    })?;
     let hash = reference_hash(&obj, rules).map_err(|e| match e {
         ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
         e => BuildError::Json(e.to_string()),

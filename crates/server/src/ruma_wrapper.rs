@@ -102,7 +102,11 @@ where
         let params = RawPathParams::from_request_parts(&mut parts, app)
             .await
             .map_err(|e| Error::invalid_param(e.to_string()))?;
-        let args: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+        let mut args: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+        // An empty trailing state key comes as a shorter path (see RouterExt).
+        while args.len() < R::_path_parameters().len() {
+            args.push(String::new());
+        }
         let bytes = axum::body::to_bytes(body, app.config.max_request_bytes)
             .await
             .map_err(|_| Error::too_large("Request body too large"))?;
@@ -165,11 +169,19 @@ impl RouterExt for Router<App> {
         Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
     {
         let filter = MethodFilter::try_from(R::METHOD).expect("standard HTTP method");
-        let paths: BTreeSet<&'static str> = R::PATH_BUILDER.all_paths().collect();
+        let mut paths: BTreeSet<String> = R::PATH_BUILDER.all_paths().map(str::to_owned).collect();
+        // The router cannot match an empty segment, and clients send an
+        // empty state key as `/state/{type}/` or `/state/{type}`.
+        for p in paths.clone() {
+            if let Some(prefix) = p.strip_suffix("/{state_key}") {
+                paths.insert(prefix.to_owned());
+                paths.insert(format!("{prefix}/"));
+            }
+        }
         for path in paths {
             let h = handler.clone();
             self = self.route(
-                path,
+                &path,
                 on(filter, move |State(app): State<App>, req: Ruma<R>| {
                     let h = h.clone();
                     async move { h(app, req).await.map(RumaResponse) }

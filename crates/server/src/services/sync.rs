@@ -232,6 +232,14 @@ impl App {
             .map(|e| e.to_string())
             .collect();
         ids.push(own_event.to_owned());
+        // The sender of the invite or knock, so the client can name them.
+        if let Some(own) = self.store.event(own_event.to_owned()).await? {
+            if let Some(sender) = state.get(&("m.room.member".into(), own.pdu.sender.to_string())) {
+                if sender.as_str() != own_event {
+                    ids.push(sender.to_string());
+                }
+            }
+        }
         let mut out = vec![];
         for ev in self.store.events(ids).await? {
             out.push(raw(&ev.pdu.to_stripped())?);

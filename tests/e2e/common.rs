@@ -1,0 +1,303 @@
+//! Starting servers and clients for the tests.
+
+use std::{
+    net::TcpListener,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use matrix_sdk::{Client, config::SyncSettings};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// A running `missive` process with its own data directory.
+pub struct TestServer {
+    pub url: String,
+    pub port: u16,
+    data: tempfile::TempDir,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl TestServer {
+    /// Starts a server with open registration and the given extra environment.
+    pub async fn start_with(env: &[(&str, &str)]) -> TestServer {
+        let data = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut server = TestServer {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data,
+            child: None,
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub async fn start() -> TestServer {
+        Self::start_with(&[]).await
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_missive"));
+        cmd.env("MISSIVE_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("MISSIVE_DATA_DIR", self.data.path())
+            .env("MISSIVE_SERVER_NAME", "localhost")
+            .env("MISSIVE_REGISTRATION", "open")
+            .env(
+                "MISSIVE_LOG",
+                std::env::var("MISSIVE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start missive"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(r) = http.get(format!("{}/_matrix/client/versions", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill().expect("kill");
+            c.wait().await.expect("wait");
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9().await;
+        self.spawn().await;
+    }
+
+    /// Runs `missive admin …` against this server's data directory.
+    pub async fn admin(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_missive"))
+            .arg("admin")
+            .args(args)
+            .env("MISSIVE_DATA_DIR", self.data.path())
+            .env("MISSIVE_SERVER_NAME", "localhost")
+            .env("MISSIVE_LOG", "warn")
+            .output()
+            .await
+            .expect("run admin")
+    }
+}
+
+/// A raw HTTP session for one user, for exact wire-level checks.
+#[derive(Clone)]
+pub struct Raw {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: String,
+    pub user_id: String,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn errcode(&self) -> &str {
+        self.body.get("errcode").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+pub async fn request(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<RawBody>,
+) -> Reply {
+    let mut req = http.request(method.parse().expect("method"), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    match body {
+        Some(RawBody::Json(v)) => req = req.json(&v),
+        Some(RawBody::Bytes(b)) => req = req.header("content-type", "application/json").body(b),
+        None => {}
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    Reply {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+pub enum RawBody {
+    Json(Value),
+    Bytes(Vec<u8>),
+}
+
+impl Raw {
+    /// Registers a user through the user-interactive flow (dummy stage).
+    pub async fn register(server: &TestServer, username: &str) -> Raw {
+        let http = reqwest::Client::new();
+        let url = format!("{}/_matrix/client/v3/register", server.url);
+        let first = request(
+            &http,
+            "POST",
+            &url,
+            None,
+            Some(RawBody::Json(
+                json!({ "username": username, "password": password(username) }),
+            )),
+        )
+        .await;
+        assert_eq!(first.status, 401, "register must start UIA: {}", first.body);
+        let session = first.body["session"].as_str().expect("session").to_owned();
+        let done = request(
+            &http,
+            "POST",
+            &url,
+            None,
+            Some(RawBody::Json(json!({
+                "username": username,
+                "password": password(username),
+                "auth": { "type": "m.login.dummy", "session": session },
+            }))),
+        )
+        .await;
+        assert_eq!(done.status, 200, "register: {}", done.body);
+        Raw {
+            base: server.url.clone(),
+            http,
+            token: done.body["access_token"].as_str().expect("token").to_owned(),
+            user_id: done.body["user_id"].as_str().expect("user").to_owned(),
+        }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        request(
+            &self.http,
+            method,
+            &format!("{}{}", self.base, path),
+            Some(&self.token),
+            body.map(RawBody::Json),
+        )
+        .await
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let r = self.call(method, path, body).await;
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
+        r.body
+    }
+
+    pub async fn create_room(&self, body: Value) -> String {
+        self.ok("POST", "/_matrix/client/v3/createRoom", Some(body)).await["room_id"]
+            .as_str()
+            .expect("room")
+            .to_owned()
+    }
+
+    pub async fn send_text(&self, room: &str, txn: &str, text: &str) -> Reply {
+        self.call(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                enc(room),
+                enc(txn)
+            ),
+            Some(json!({ "msgtype": "m.text", "body": text })),
+        )
+        .await
+    }
+
+    pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(s) = since {
+            path.push_str(&format!("&since={}", enc(s)));
+        }
+        self.ok("GET", &path, None).await
+    }
+}
+
+pub fn password(username: &str) -> String {
+    format!("{username}-correct-horse")
+}
+
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Registers a user and logs in with the matrix-sdk client (encryption on).
+pub async fn sdk_client(server: &TestServer, username: &str) -> Client {
+    Raw::register(server, username).await;
+    sdk_login(server, username).await
+}
+
+pub async fn sdk_login(server: &TestServer, username: &str) -> Client {
+    let client = Client::builder()
+        .homeserver_url(&server.url)
+        .build()
+        .await
+        .expect("client");
+    client
+        .matrix_auth()
+        .login_username(username, &password(username))
+        .send()
+        .await
+        .expect("login");
+    client.sync_once(SyncSettings::default()).await.expect("first sync");
+    client
+}
+
+/// Syncs until `check` is satisfied or the deadline passes.
+pub async fn sync_until(client: &Client, what: &str, mut check: impl FnMut(&Client) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let settings = SyncSettings::default().timeout(Duration::from_millis(500));
+    loop {
+        client.sync_once(settings.clone()).await.expect("sync");
+        if check(client) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    }
+}
+
+impl TestServer {
+    /// A handle on an already running server, for registering from tasks.
+    pub fn connect(url: &str) -> TestServer {
+        TestServer {
+            url: url.to_owned(),
+            port: 0,
+            data: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            env: vec![],
+        }
+    }
+}
