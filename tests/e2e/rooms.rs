@@ -47,14 +47,13 @@ async fn sync_until_ephemeral(client: &Client, room: &RoomId, what: &str, check:
             .sync_once(SyncSettings::default().timeout(Duration::from_millis(500)))
             .await
             .expect("sync");
-        if let Some(update) = resp.rooms.joined.get(room) {
-            if update
+        if let Some(update) = resp.rooms.joined.get(room)
+            && update
                 .ephemeral
                 .iter()
                 .any(|e| check(&e.deserialize_as::<Value>().unwrap()))
-            {
-                return;
-            }
+        {
+            return;
         }
         assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
     }

@@ -98,10 +98,10 @@ pub fn build_pdu(
     }
     // Before v11 the redacted event's ID is a top-level key; from v11 it
     // lives in the content (which the client already put there).
-    if let Some(r) = new.redacts {
-        if !rules.redaction.content_field_redacts {
-            obj.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
-        }
+    if let Some(r) = new.redacts
+        && !rules.redaction.content_field_redacts
+    {
+        obj.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
     }
 
     // The spec bounds the whole PDU; hashes and signatures add well under

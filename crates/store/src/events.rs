@@ -125,15 +125,14 @@ impl Store {
                     let mut ins = tx.prepare_cached(
                         "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)",
                     )?;
-                    if snapshot {
-                        if let Some((pg, _)) = prev {
+                    if snapshot
+                        && let Some((pg, _)) = prev {
                             for ((t, k), e) in load_state_group(tx, pg)? {
                                 if !(t.to_string() == pdu.kind.to_string() && &k == sk) {
                                     ins.execute(params![g, t.to_string(), k, e.as_str()])?;
                                 }
                             }
                         }
-                    }
                     ins.execute(params![g, pdu.kind.to_string(), sk, pdu.event_id.as_str()])?;
                     g
                 }

@@ -53,10 +53,11 @@ impl App {
             None if req.visibility.as_deref() == Some("public") => "public_chat".into(),
             None => "private_chat".into(),
         };
-        if let Some(v) = req.visibility.as_deref() {
-            if v != "public" && v != "private" {
-                return Err(Error::invalid_param("visibility must be public or private"));
-            }
+        if let Some(v) = req.visibility.as_deref()
+            && v != "public"
+            && v != "private"
+        {
+            return Err(Error::invalid_param("visibility must be public or private"));
         }
         let alias = match &req.room_alias_name {
             Some(name) => {

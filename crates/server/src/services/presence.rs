@@ -13,10 +13,18 @@ pub struct PresenceRecord {
     pub serial: u64,
 }
 
-#[derive(Default)]
 pub struct Presence(Mutex<PresenceState>);
 
-#[derive(Default)]
+/// Serials start at the clock, as typing's do, to survive restarts.
+impl Default for Presence {
+    fn default() -> Self {
+        Presence(Mutex::new(PresenceState {
+            serial: crate::services::accounts::now_ms() as u64,
+            users: HashMap::new(),
+        }))
+    }
+}
+
 struct PresenceState {
     serial: u64,
     users: HashMap<OwnedUserId, PresenceRecord>,

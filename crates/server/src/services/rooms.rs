@@ -178,14 +178,13 @@ impl App {
         txn: Option<(String, String)>,
     ) -> Result<OwnedEventId> {
         let _guard = self.room_locks.lock(room_id).await;
-        if let Some((device, txn_id)) = &txn {
-            if let Some(id) = self
+        if let Some((device, txn_id)) = &txn
+            && let Some(id) = self
                 .store
                 .event_by_txn(sender.to_string(), device.clone(), txn_id.clone())
                 .await?
-            {
-                return OwnedEventId::try_from(id).map_err(|e| Error::Internal(e.to_string()));
-            }
+        {
+            return OwnedEventId::try_from(id).map_err(|e| Error::Internal(e.to_string()));
         }
         let version = self.room_version(room_id).await?;
         let redacts = new.redacts.clone();

@@ -121,10 +121,10 @@ impl App {
             if m.stream_pos > upto {
                 continue;
             }
-            if let Some(rooms) = &room_filter.rooms {
-                if !rooms.contains(&room_id) {
-                    continue;
-                }
+            if let Some(rooms) = &room_filter.rooms
+                && !rooms.contains(&room_id)
+            {
+                continue;
             }
             if room_filter.not_rooms.contains(&room_id) {
                 continue;
@@ -137,10 +137,10 @@ impl App {
                         .joined_room(session, &room_id, since, fresh, upto, &req.filter)
                         .await?;
                     for (u, mm) in self.store.room_members(room_id.to_string()).await? {
-                        if mm == "join" {
-                            if let Ok(u) = OwnedUserId::try_from(u) {
-                                shared_users.insert(u);
-                            }
+                        if mm == "join"
+                            && let Ok(u) = OwnedUserId::try_from(u)
+                        {
+                            shared_users.insert(u);
                         }
                     }
                     if let Some(j) = joined {
@@ -233,12 +233,11 @@ impl App {
             .collect();
         ids.push(own_event.to_owned());
         // The sender of the invite or knock, so the client can name them.
-        if let Some(own) = self.store.event(own_event.to_owned()).await? {
-            if let Some(sender) = state.get(&("m.room.member".into(), own.pdu.sender.to_string())) {
-                if sender.as_str() != own_event {
-                    ids.push(sender.to_string());
-                }
-            }
+        if let Some(own) = self.store.event(own_event.to_owned()).await?
+            && let Some(sender) = state.get(&("m.room.member".into(), own.pdu.sender.to_string()))
+            && sender.as_str() != own_event
+        {
+            ids.push(sender.to_string());
         }
         let mut out = vec![];
         for ev in self.store.events(ids).await? {
@@ -328,10 +327,10 @@ impl App {
                 {
                     continue;
                 }
-                if let Some(types) = &state_filter.types {
-                    if !types.iter().any(|t| crate::services::timeline::type_matches(t, &k)) {
-                        continue;
-                    }
+                if let Some(types) = &state_filter.types
+                    && !types.iter().any(|t| crate::services::timeline::type_matches(t, &k))
+                {
+                    continue;
                 }
                 state_ids.push(id.to_string());
             }

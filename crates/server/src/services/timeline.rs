@@ -35,18 +35,18 @@ pub fn filter_allows(filter: &RoomEventFilter, ev: &StoredEvent) -> bool {
     if filter.not_types.iter().any(|t| type_matches(t, &kind)) {
         return false;
     }
-    if let Some(types) = &filter.types {
-        if !types.iter().any(|t| type_matches(t, &kind)) {
-            return false;
-        }
-    }
-    if filter.not_senders.iter().any(|s| *s == ev.pdu.sender) {
+    if let Some(types) = &filter.types
+        && !types.iter().any(|t| type_matches(t, &kind))
+    {
         return false;
     }
-    if let Some(senders) = &filter.senders {
-        if !senders.iter().any(|s| *s == ev.pdu.sender) {
-            return false;
-        }
+    if filter.not_senders.contains(&ev.pdu.sender) {
+        return false;
+    }
+    if let Some(senders) = &filter.senders
+        && !senders.contains(&ev.pdu.sender)
+    {
+        return false;
     }
     if let Some(url) = filter.url_filter {
         let has_url = ev.pdu.content_value().get("url").is_some();
@@ -133,15 +133,16 @@ impl App {
         let now = crate::services::accounts::now_ms();
         let ts = u64::from(ev.pdu.origin_server_ts.0) as i64;
         unsigned["age"] = (now - ts).max(0).into();
-        if let (Some(v), Some(dev), Some(txn)) = (viewer, &ev.txn_device, &ev.txn_id) {
-            if v.user_id == ev.pdu.sender && v.device_id.as_str() == dev {
-                unsigned["transaction_id"] = txn.clone().into();
-            }
+        if let (Some(v), Some(dev), Some(txn)) = (viewer, &ev.txn_device, &ev.txn_id)
+            && v.user_id == ev.pdu.sender
+            && v.device_id.as_str() == dev
+        {
+            unsigned["transaction_id"] = txn.clone().into();
         }
-        if let Some(by) = &ev.redacted_by {
-            if let Some(r) = self.store.event(by.clone()).await? {
-                unsigned["redacted_because"] = r.pdu.to_client_event(None);
-            }
+        if let Some(by) = &ev.redacted_by
+            && let Some(r) = self.store.event(by.clone()).await?
+        {
+            unsigned["redacted_because"] = r.pdu.to_client_event(None);
         }
         Ok(ev.pdu.to_client_event(Some(unsigned)))
     }

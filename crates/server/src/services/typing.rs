@@ -9,10 +9,19 @@ use std::{
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId};
 
-#[derive(Default)]
 pub struct Typing(Mutex<TypingState>);
 
-#[derive(Default)]
+/// Serials start at the clock so that tokens handed out before a restart
+/// stay below every serial handed out after it.
+impl Default for Typing {
+    fn default() -> Self {
+        Typing(Mutex::new(TypingState {
+            serial: crate::services::accounts::now_ms() as u64,
+            rooms: HashMap::new(),
+        }))
+    }
+}
+
 struct TypingState {
     serial: u64,
     rooms: HashMap<OwnedRoomId, RoomTyping>,

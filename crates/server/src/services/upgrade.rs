@@ -44,14 +44,14 @@ impl App {
         }
         let mut initial_state = vec![];
         for kind in CARRIED {
-            if let Some(content) = self.state_content(old, kind, "").await? {
-                if let Value::Object(content) = content {
-                    initial_state.push(InitialState {
-                        kind: (*kind).to_owned(),
-                        state_key: String::new(),
-                        content,
-                    });
-                }
+            if let Some(content) = self.state_content(old, kind, "").await?
+                && let Value::Object(content) = content
+            {
+                initial_state.push(InitialState {
+                    kind: (*kind).to_owned(),
+                    state_key: String::new(),
+                    content,
+                });
             }
         }
         let mut creation = Map::new();
@@ -69,14 +69,13 @@ impl App {
             .await?
             .and_then(|v| v.as_object().cloned());
         let new_rules = RoomVersion::parse(new_version)?;
-        if let Some(pl) = pl_content.as_mut() {
-            if new_rules.rules.authorization.explicitly_privilege_room_creators {
-                if let Some(users) = pl.get_mut("users").and_then(Value::as_object_mut) {
-                    users.remove(user.as_str());
-                    for c in &additional_creators {
-                        users.remove(c.as_str());
-                    }
-                }
+        if let Some(pl) = pl_content.as_mut()
+            && new_rules.rules.authorization.explicitly_privilege_room_creators
+            && let Some(users) = pl.get_mut("users").and_then(Value::as_object_mut)
+        {
+            users.remove(user.as_str());
+            for c in &additional_creators {
+                users.remove(c.as_str());
             }
         }
         let new_room = self

@@ -45,12 +45,12 @@ pub async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<
         .await?;
     // Leave every room first, so other members see the departure.
     for m in app.store.memberships(s.user_id.to_string()).await? {
-        if matches!(m.membership.as_str(), "join" | "invite" | "knock") {
-            if let Ok(room) = ruma::OwnedRoomId::try_from(m.room_id) {
-                let _ = app
-                    .set_membership(&room, &s.user_id, &s.user_id, "leave", None, None)
-                    .await;
-            }
+        if matches!(m.membership.as_str(), "join" | "invite" | "knock")
+            && let Ok(room) = ruma::OwnedRoomId::try_from(m.room_id)
+        {
+            let _ = app
+                .set_membership(&room, &s.user_id, &s.user_id, "leave", None, None)
+                .await;
         }
     }
     app.store.deactivate_user(s.user_id.to_string()).await?;

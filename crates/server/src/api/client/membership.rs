@@ -193,15 +193,15 @@ pub async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Res
     let mut chunk = vec![];
     for ev in app.store.events(ids).await? {
         let m = ev.pdu.membership().unwrap_or_default();
-        if let Some(want) = &req.body.membership {
-            if want.as_str() != m {
-                continue;
-            }
+        if let Some(want) = &req.body.membership
+            && want.as_str() != m
+        {
+            continue;
         }
-        if let Some(not) = &req.body.not_membership {
-            if not.as_str() == m {
-                continue;
-            }
+        if let Some(not) = &req.body.not_membership
+            && not.as_str() == m
+        {
+            continue;
         }
         let json = app.client_event(&ev, req.session.as_ref()).await?;
         chunk.push(Raw::from_json(

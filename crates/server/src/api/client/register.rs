@@ -38,10 +38,10 @@ pub async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<regi
         return Err(Error::user_in_use("User ID already taken"));
     }
     let outcome = app.uia(uia_auth(&req).as_ref(), flows, None).await?;
-    if let Some(token) = &outcome.registration_token {
-        if !app.store.use_registration_token(token.clone()).await? {
-            return Err(Error::forbidden("Registration token used up or expired"));
-        }
+    if let Some(token) = &outcome.registration_token
+        && !app.store.use_registration_token(token.clone()).await?
+    {
+        return Err(Error::forbidden("Registration token used up or expired"));
     }
     let r = req.body;
     app.create_account(&user_id, r.password, false).await?;

@@ -50,10 +50,10 @@ pub async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<login::v3:
     if !app.is_local(&user_id) {
         return Err(Error::forbidden("Invalid username or password"));
     }
-    if let Some(row) = app.store.user(user_id.to_string()).await? {
-        if row.deactivated {
-            return Err(Error::user_deactivated("This account has been deactivated"));
-        }
+    if let Some(row) = app.store.user(user_id.to_string()).await?
+        && row.deactivated
+    {
+        return Err(Error::user_deactivated("This account has been deactivated"));
     }
     if !app.check_password(&user_id, password).await? {
         return Err(Error::forbidden("Invalid username or password"));
