@@ -94,7 +94,17 @@ impl Store {
 
     /// Marks the user deactivated and removes every device and token.
     pub async fn deactivate_user(&self, user_id: String) -> Result<()> {
-        self.write(move |tx, _| {
+        self.write(move |tx, positions| {
+            let devices: Vec<String> = tx
+                .prepare("SELECT device_id FROM devices WHERE user_id = ?1")?
+                .query_map([&user_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for d in &devices {
+                crate::e2ee::delete_device_e2ee(tx, &user_id, d)?;
+            }
+            if !devices.is_empty() {
+                crate::e2ee::record_device_change(tx, positions, &user_id, None)?;
+            }
             tx.execute(
                 "UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, avatar_url = NULL WHERE user_id = ?1",
                 [&user_id],
@@ -246,10 +256,14 @@ impl Store {
         .await
     }
 
-    /// Deletes devices and their tokens; logging out is deleting the device.
+    /// Deletes devices, their tokens and their end-to-end encryption keys
+    /// and pending to-device messages; logging out is deleting the device.
+    /// Removing a device is a device-list change.
     pub async fn delete_devices(&self, user_id: String, device_ids: Vec<String>) -> Result<()> {
-        self.write(move |tx, _| {
+        self.write(move |tx, positions| {
+            let mut removed = false;
             for d in &device_ids {
+                crate::e2ee::delete_device_e2ee(tx, &user_id, d)?;
                 tx.execute(
                     "DELETE FROM access_tokens WHERE user_id = ?1 AND device_id = ?2",
                     params![user_id, d],
@@ -258,10 +272,13 @@ impl Store {
                     "DELETE FROM refresh_tokens WHERE user_id = ?1 AND device_id = ?2",
                     params![user_id, d],
                 )?;
-                tx.execute(
+                removed |= tx.execute(
                     "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
                     params![user_id, d],
-                )?;
+                )? > 0;
+            }
+            if removed {
+                crate::e2ee::record_device_change(tx, positions, &user_id, None)?;
             }
             Ok(())
         })

@@ -131,3 +131,76 @@ CREATE TABLE IF NOT EXISTS filters (
     json TEXT NOT NULL,
     PRIMARY KEY (user_id, filter_id)
 );
+-- End-to-end encryption: device keys, one-time and fallback keys,
+-- cross-signing keys and signatures, device-list changes, to-device messages.
+CREATE TABLE IF NOT EXISTS device_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE IF NOT EXISTS one_time_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id, algorithm, key_id)
+);
+CREATE TABLE IF NOT EXISTS fallback_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, device_id, algorithm)
+);
+CREATE TABLE IF NOT EXISTS cross_signing_keys (
+    user_id TEXT NOT NULL,
+    key_type TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, key_type)
+);
+-- Signatures uploaded through /keys/signatures/upload, on a device (target_key
+-- is the device ID) or a cross-signing key (target_key is its public key).
+CREATE TABLE IF NOT EXISTS key_signatures (
+    target_user TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    signer_user TEXT NOT NULL,
+    signer_key_id TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (target_user, target_key, signer_user, signer_key_id)
+);
+-- A user's devices or keys changed at stream_pos; everyone sharing a room
+-- with them is told, or only `only_for` when set (a signature they made).
+CREATE TABLE IF NOT EXISTS device_list_changes (
+    stream_pos INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    only_for TEXT,
+    PRIMARY KEY (stream_pos, user_id)
+);
+CREATE TABLE IF NOT EXISTS to_device (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id, stream_pos)
+);
+CREATE INDEX IF NOT EXISTS to_device_pos ON to_device (stream_pos);
+CREATE TABLE IF NOT EXISTS to_device_txns (
+    sender TEXT NOT NULL,
+    sender_device TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (sender, sender_device, txn_id)
+);
+-- The highest stream position of rows since deleted (acknowledged to-device
+-- messages), so that the counter never goes back after a restart.
+CREATE TABLE IF NOT EXISTS stream_watermark (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    pos INTEGER NOT NULL
+);

@@ -72,7 +72,10 @@ impl Store {
                 "SELECT MAX(p) FROM (SELECT MAX(stream_pos) AS p FROM events \
              UNION ALL SELECT MAX(stream_pos) FROM account_data \
              UNION ALL SELECT MAX(stream_pos) FROM receipts \
-             UNION ALL SELECT MAX(stream_pos) FROM current_state)",
+             UNION ALL SELECT MAX(stream_pos) FROM current_state \
+             UNION ALL SELECT MAX(stream_pos) FROM device_list_changes \
+             UNION ALL SELECT MAX(stream_pos) FROM to_device \
+             UNION ALL SELECT MAX(pos) FROM stream_watermark)",
                 [],
                 |r| r.get::<_, Option<i64>>(0),
             )?
