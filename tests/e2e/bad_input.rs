@@ -61,7 +61,12 @@ async fn bad_requests_get_matrix_errors_and_change_nothing() {
     assert_eq!((r.status, r.errcode()), (400, "M_UNSUPPORTED_ROOM_VERSION"));
     // An oversized body.
     let big = json!({ "msgtype": "m.text", "body": "x".repeat(2 * 1024 * 1024) });
-    let r = alice.call("PUT", &format!("{send_path}c"), Some(big)).await;
+    // (On its own connection: the server closes it rather than read the rest.)
+    let own_conn = Raw {
+        http: reqwest::Client::new(),
+        ..alice.clone()
+    };
+    let r = own_conn.call("PUT", &format!("{send_path}c"), Some(big)).await;
     assert_eq!((r.status, r.errcode()), (413, "M_TOO_LARGE"));
     // An event over the PDU size limit, in a body the server accepts.
     let r = alice
@@ -237,4 +242,19 @@ async fn registration_tokens_are_counted() {
         "a used-up token no longer completes the stage: {}",
         used.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_login_is_bad_json_not_a_dropped_connection() {
+    let server = TestServer::start_with(&[("MISSIVE_LOG", "error")]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/_matrix/client/v3/login", server.url);
+    for body in [
+        json!({}),
+        json!({ "type": "m.login.password" }),
+        json!({ "identifier": 3 }),
+    ] {
+        let r = request(&http, "POST", &url, None, Some(RawBody::Json(body.clone()))).await;
+        assert_eq!((r.status, r.errcode()), (400, "M_BAD_JSON"), "{body}");
+    }
 }

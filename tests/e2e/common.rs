@@ -229,6 +229,14 @@ impl Raw {
         .await
     }
 
+    pub async fn sync_filtered(&self, since: Option<&str>, timeout_ms: u64, filter: &str) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}&filter={}", enc(filter));
+        if let Some(s) = since {
+            path.push_str(&format!("&since={}", enc(s)));
+        }
+        self.ok("GET", &path, None).await
+    }
+
     pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Value {
         let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
         if let Some(s) = since {

@@ -98,7 +98,17 @@ pub fn router(app: App) -> Router {
         .ruma::<presence::get_presence::v3::Request, _, _>(c::presence::get)
         .fallback(|| async { Error::unrecognized("Unrecognized request") })
         .layer(middleware::from_fn(matrix_edges))
+        .layer(middleware::from_fn(catch_panic))
         .with_state(app)
+}
+
+/// A panic in a handler becomes a Matrix 500, not a dropped connection.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(res) => res,
+        Err(_) => Error::Internal("handler panicked".into()).into_response(),
+    }
 }
 
 /// CORS for browser clients, and Matrix error bodies for requests the

@@ -127,7 +127,13 @@ where
             return Err(Error::not_json("Request body is not valid JSON"));
         }
         let http_req = http::Request::from_parts(parts, bytes.clone());
-        let body = R::try_from_http_request(http_req, &args).map_err(|e| Error::bad_json(e.to_string()))?;
+        // ruma's deserialisers can panic on some malformed bodies (a missing
+        // `type` in /login): that is bad input, not a server fault.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            R::try_from_http_request(http_req, &args)
+        }))
+        .map_err(|_| Error::bad_json("Malformed request body"))?;
+        let body = parsed.map_err(|e| Error::bad_json(e.to_string()))?;
         Ok(Ruma {
             body,
             session,

@@ -470,6 +470,20 @@ impl Store {
         .await
     }
 
+    /// Every relation to `parent` except annotations (reactions), oldest
+    /// first: (rel_type, sender, event_id), for bundled aggregations.
+    pub async fn relation_rows(&self, parent: String) -> Result<Vec<(String, String, String)>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT rel_type, sender, event_id FROM events WHERE relates_to = ?1 AND rel_type != 'm.annotation' \
+                 ORDER BY stream_pos ASC",
+            )?;
+            let rows = st.query_map([parent], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     /// Thread roots of a room (events with at least one `m.thread` child), newest activity first.
     pub async fn thread_roots(
         &self,

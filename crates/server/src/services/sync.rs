@@ -114,6 +114,10 @@ impl App {
             .collect();
         let mut shared_users: HashSet<OwnedUserId> = HashSet::new();
 
+        let account_data = self
+            .store
+            .account_data_since(user.to_string(), since_pos.unwrap_or(0), upto)
+            .await?;
         for m in self.store.memberships(user.to_string()).await? {
             let Ok(room_id) = OwnedRoomId::try_from(m.room_id.clone()) else {
                 continue;
@@ -134,7 +138,7 @@ impl App {
                 "join" => {
                     let fresh = req.full_state || since_pos.is_none() || changed_since;
                     let joined = self
-                        .joined_room(session, &room_id, since, fresh, upto, &req.filter)
+                        .joined_room(session, &room_id, since, fresh, upto, &req.filter, &account_data)
                         .await?;
                     for (u, mm) in self.store.room_members(room_id.to_string()).await? {
                         if mm == "join"
@@ -177,11 +181,7 @@ impl App {
         }
 
         // Global account data.
-        for row in self
-            .store
-            .account_data_since(user.to_string(), since_pos.unwrap_or(0), upto)
-            .await?
-        {
+        for row in &account_data {
             if !row.room_id.is_empty() {
                 continue;
             }
@@ -277,12 +277,32 @@ impl App {
         fresh: bool,
         upto: i64,
         filter: &FilterDefinition,
+        account_data_rows: &[missive_store::AccountDataRow],
     ) -> Result<Option<sync::JoinedRoom>> {
         let user = &session.user_id;
         let after = if fresh { None } else { since.map(|s| s.pos) };
         let (timeline, limited) = self
             .timeline_window(user, room_id, after, upto, &filter.room.timeline)
             .await?;
+        let room_account_data: Vec<_> = account_data_rows
+            .iter()
+            .filter(|r| r.room_id == room_id.as_str())
+            .collect();
+        // Most rooms have nothing new on an incremental sync: say so before
+        // computing state, summaries and counts.
+        if let (false, true, false, Some(since)) = (fresh, timeline.is_empty(), limited, since) {
+            let typing = self.typing.changed_since(room_id, since.typing).is_some();
+            if !typing
+                && room_account_data.is_empty()
+                && self
+                    .store
+                    .receipts_since(room_id.to_string(), since.pos, upto)
+                    .await?
+                    .is_empty()
+            {
+                return Ok(None);
+            }
+        }
         let mut room = sync::JoinedRoom::new();
 
         // State: everything at the timeline's start when fresh; otherwise
@@ -406,21 +426,19 @@ impl App {
 
         // Room account data.
         let mut account_data = false;
-        for row in self
-            .store
-            .account_data_since(
-                user.to_string(),
-                if fresh { 0 } else { since.map(|s| s.pos).unwrap_or(0) },
-                upto,
-            )
-            .await?
-        {
-            if row.room_id == room_id.as_str() {
-                room.account_data
-                    .events
-                    .push(raw(&json!({ "type": row.kind, "content": row.content }))?);
-                account_data = true;
-            }
+        let fresh_rows;
+        let rows: Vec<&missive_store::AccountDataRow> = if fresh && since.is_some() {
+            // A room new to this client gets all of its account data.
+            fresh_rows = self.store.account_data_since(user.to_string(), 0, upto).await?;
+            fresh_rows.iter().filter(|r| r.room_id == room_id.as_str()).collect()
+        } else {
+            room_account_data
+        };
+        for row in rows {
+            room.account_data
+                .events
+                .push(raw(&json!({ "type": row.kind, "content": row.content }))?);
+            account_data = true;
         }
 
         // Summary and unread counts.

@@ -144,6 +144,55 @@ impl App {
         {
             unsigned["redacted_because"] = r.pdu.to_client_event(None);
         }
+        if ev.redacted_by.is_none() {
+            if let Some(relations) = self.bundled_relations(ev, viewer).await? {
+                unsigned["m.relations"] = relations;
+            }
+        }
         Ok(ev.pdu.to_client_event(Some(unsigned)))
+    }
+
+    /// The aggregations a client shows with an event: its latest edit (by
+    /// its own sender), its thread summary and its references.
+    async fn bundled_relations(&self, ev: &StoredEvent, viewer: Option<&Session>) -> Result<Option<Value>> {
+        let rows = self.store.relation_rows(ev.pdu.event_id.to_string()).await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut out = serde_json::Map::new();
+        let edit = rows
+            .iter()
+            .rev()
+            .find(|(t, s, _)| t == "m.replace" && s == ev.pdu.sender.as_str());
+        if let Some((_, _, id)) = edit {
+            if let Some(e) = self.store.event(id.clone()).await? {
+                out.insert("m.replace".into(), e.pdu.to_client_event(None));
+            }
+        }
+        let thread: Vec<_> = rows.iter().filter(|(t, _, _)| t == "m.thread").collect();
+        if let Some((_, _, latest)) = thread.last() {
+            if let Some(e) = self.store.event(latest.clone()).await? {
+                let participated = viewer.is_some_and(|v| {
+                    ev.pdu.sender == v.user_id || thread.iter().any(|(_, s, _)| s == v.user_id.as_str())
+                });
+                out.insert(
+                    "m.thread".into(),
+                    json!({
+                        "latest_event": e.pdu.to_client_event(None),
+                        "count": thread.len(),
+                        "current_user_participated": participated,
+                    }),
+                );
+            }
+        }
+        let refs: Vec<Value> = rows
+            .iter()
+            .filter(|(t, _, _)| t == "m.reference")
+            .map(|(_, _, id)| json!({ "event_id": id }))
+            .collect();
+        if !refs.is_empty() {
+            out.insert("m.reference".into(), json!({ "chunk": refs }));
+        }
+        Ok((!out.is_empty()).then_some(Value::Object(out)))
     }
 }
