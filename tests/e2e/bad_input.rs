@@ -8,6 +8,9 @@ async fn room_state(u: &Raw, room: &str) -> Value {
     let mut v = u
         .ok("GET", &format!("/_matrix/client/v3/rooms/{}/state", enc(room)), None)
         .await;
+    for e in v.as_array_mut().unwrap().iter_mut() {
+        e.as_object_mut().unwrap().remove("unsigned");
+    }
     v.as_array_mut()
         .unwrap()
         .sort_by(|a, b| a["event_id"].as_str().cmp(&b["event_id"].as_str()));
