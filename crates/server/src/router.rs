@@ -9,8 +9,9 @@ use axum::{
 };
 use http::{HeaderValue, Method, StatusCode, header};
 use ruma::api::client::{
-    account, alias, config, context, device, directory, discovery, filter, membership, message, presence, profile,
-    read_marker, receipt, redact, relations, room, session, state, sync::sync_events, tag, threads, typing,
+    account, alias, config, context, device, directory, discovery, filter, keys, membership, message, presence,
+    profile, read_marker, receipt, redact, relations, room, session, state, sync::sync_events, tag, threads, to_device,
+    typing,
 };
 
 use crate::{App, Error, api::client as c, ruma_wrapper::RouterExt};
@@ -96,6 +97,14 @@ pub fn router(app: App) -> Router {
         .ruma::<read_marker::set_read_marker::v3::Request, _, _>(c::receipt::read_markers)
         .ruma::<presence::set_presence::v3::Request, _, _>(c::presence::set)
         .ruma::<presence::get_presence::v3::Request, _, _>(c::presence::get)
+        // End-to-end encryption
+        .ruma::<keys::upload_keys::v3::Request, _, _>(c::keys::upload)
+        .ruma::<keys::get_keys::v3::Request, _, _>(c::keys::query)
+        .ruma::<keys::claim_keys::v3::Request, _, _>(c::keys::claim)
+        .ruma::<keys::get_key_changes::v3::Request, _, _>(c::keys::changes)
+        .ruma::<keys::upload_signing_keys::v3::Request, _, _>(c::keys::upload_signing)
+        .ruma::<keys::upload_signatures::v3::Request, _, _>(c::keys::upload_signatures)
+        .ruma::<to_device::send_event_to_device::v3::Request, _, _>(c::to_device::send)
         .fallback(|| async { Error::unrecognized("Unrecognized request") })
         .layer(middleware::from_fn(matrix_edges))
         .layer(middleware::from_fn(catch_panic))

@@ -506,7 +506,7 @@ impl Store {
     /// Queues a to-device message for each target (every device of the
     /// user when the target names none; unknown devices are skipped), all
     /// at one stream position. Returns false, storing nothing, when the
-    /// sender's device already used this transaction ID.
+    /// sender's device already used this transaction ID for this event type.
     pub async fn send_to_device(
         &self,
         sender: String,
@@ -517,8 +517,8 @@ impl Store {
     ) -> Result<bool> {
         self.write(move |tx, positions| {
             let fresh = tx.execute(
-                "INSERT OR IGNORE INTO to_device_txns (sender, sender_device, txn_id, ts) VALUES (?1, ?2, ?3, ?4)",
-                params![sender, sender_device, txn_id, now_ms()],
+                "INSERT OR IGNORE INTO to_device_txns (sender, sender_device, type, txn_id, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sender, sender_device, event_type, txn_id, now_ms()],
             )? > 0;
             if !fresh {
                 return Ok(false);

@@ -194,9 +194,10 @@ CREATE INDEX IF NOT EXISTS to_device_pos ON to_device (stream_pos);
 CREATE TABLE IF NOT EXISTS to_device_txns (
     sender TEXT NOT NULL,
     sender_device TEXT NOT NULL,
+    type TEXT NOT NULL,
     txn_id TEXT NOT NULL,
     ts INTEGER NOT NULL,
-    PRIMARY KEY (sender, sender_device, txn_id)
+    PRIMARY KEY (sender, sender_device, type, txn_id)
 );
 -- The highest stream position of rows since deleted (acknowledged to-device
 -- messages), so that the counter never goes back after a restart.

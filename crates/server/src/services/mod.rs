@@ -2,11 +2,13 @@
 
 pub mod accounts;
 pub mod create_room;
+pub mod e2ee;
 pub mod membership;
 pub mod presence;
 pub mod rooms;
 pub mod sync;
 pub mod timeline;
+pub mod to_device;
 pub mod typing;
 pub mod uia;
 pub mod upgrade;

@@ -94,16 +94,21 @@ impl App {
 
     async fn sync_once(&self, session: &Session, req: &SyncRequest) -> Result<(sync::Response, bool)> {
         let user = &session.user_id;
-        let upto = self.store.persisted_upto();
+        let since = req.since;
+        let since_pos = since.map(|s| s.pos);
+        let mut resp = sync::Response::new(String::new());
+        // To-device messages come first: when more wait than one response
+        // carries, they hold the whole response's position back.
+        let (upto, e2ee_news) = self
+            .sync_e2ee(session, since_pos, self.store.persisted_upto(), &mut resp)
+            .await?;
         let next = SyncToken {
             pos: upto,
             typing: self.typing.serial(),
             presence: self.presence.serial(),
         };
-        let since = req.since;
-        let since_pos = since.map(|s| s.pos);
-        let mut resp = sync::Response::new(next.to_string());
-        let mut empty = true;
+        resp.next_batch = next.to_string();
+        let mut empty = !e2ee_news;
 
         let room_filter = &req.filter.room;
         let forgotten: HashSet<String> = self
@@ -217,6 +222,42 @@ impl App {
             }
         }
         Ok((resp, empty))
+    }
+
+    /// End-to-end encryption in a sync: the device's to-device messages,
+    /// device-list changes since the last sync, and key counts. Returns the
+    /// position the response covers (see [`App::to_device_for_sync`]) and
+    /// whether there is news worth answering a waiting sync for.
+    async fn sync_e2ee(
+        &self,
+        session: &Session,
+        since: Option<i64>,
+        upto: i64,
+        resp: &mut sync::Response,
+    ) -> Result<(i64, bool)> {
+        let (events, upto) = self.to_device_for_sync(session, since, upto).await?;
+        let mut news = !events.is_empty();
+        resp.to_device.events = events;
+        if let Some(since) = since.filter(|s| *s < upto) {
+            let lists = self
+                .store
+                .device_list_updates(session.user_id.to_string(), since, upto)
+                .await?;
+            let ids = |v: Vec<String>| -> Vec<OwnedUserId> {
+                v.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect()
+            };
+            resp.device_lists.changed = ids(lists.changed);
+            resp.device_lists.left = ids(lists.left);
+            news |= !resp.device_lists.is_empty();
+        }
+        let counts = self
+            .store
+            .key_counts(session.user_id.to_string(), session.device_id.to_string())
+            .await?;
+        let (one_time, fallback) = crate::services::e2ee::sync_key_counts(&counts);
+        resp.device_one_time_keys_count = one_time;
+        resp.device_unused_fallback_key_types = Some(fallback);
+        Ok((upto, news))
     }
 
     /// Stripped state shown with an invite or knock.

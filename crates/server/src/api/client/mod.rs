@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod alias;
 pub mod device;
 pub mod discovery;
+pub mod keys;
 pub mod membership;
 pub mod message;
 pub mod presence;
@@ -16,6 +17,7 @@ pub mod room;
 pub mod session;
 pub mod state;
 pub mod sync;
+pub mod to_device;
 pub mod typing;
 
 use ruma::UserId;
