@@ -932,4 +932,128 @@ mod tests {
         let u = store.device_list_updates("@bob:x".into(), before, after).await.unwrap();
         assert_eq!(u.changed, vec!["@bob:x".to_string()]);
     }
+
+    /// Sets a membership as the room code would: an event row at a fresh
+    /// position and the current state, in one transaction.
+    async fn member(store: &Store, room: &str, user: &str, membership: &str) {
+        let (room, user, membership) = (room.to_owned(), user.to_owned(), membership.to_owned());
+        store
+            .write(move |tx, positions| {
+                let pos = positions.take();
+                let event_id = format!("$e{pos}");
+                tx.execute(
+                    "INSERT INTO events (stream_pos, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, state_group) \
+                     VALUES (?1, ?2, ?3, 'm.room.member', ?4, ?4, 1, 0, ?5, 0)",
+                    params![pos, event_id, room, user, format!("{{\"content\":{{\"membership\":\"{membership}\"}}}}")],
+                )?;
+                tx.execute(
+                    "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) \
+                     VALUES (?1, 'm.room.member', ?2, ?3, ?4, ?5) ON CONFLICT (room_id, type, state_key) DO UPDATE SET \
+                     event_id = excluded.event_id, membership = excluded.membership, stream_pos = excluded.stream_pos",
+                    params![room, user, event_id, membership, pos],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn new_device_keys(store: &Store, user: &str, device: &str) {
+        store
+            .upload_keys(KeyUpload {
+                user_id: user.into(),
+                device_id: device.into(),
+                device_keys: Some(format!("{{\"device_id\":\"{device}\"}}")),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn device_list_changes_follow_shared_rooms() {
+        let s = scratch();
+        let store = &s.store;
+        let updates = |user: &str, since: i64| store.device_list_updates(user.into(), since, store.persisted_upto());
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+        member(store, "!r", "@alice:x", "join").await;
+        member(store, "!r", "@bob:x", "join").await;
+        let t0 = store.persisted_upto();
+
+        // Bob's new device is news to Alice and to Bob; Carol shares no room.
+        new_device_keys(store, "@bob:x", "B2").await;
+        new_device_keys(store, "@carol:x", "C1").await;
+        assert_eq!(updates("@alice:x", t0).await.unwrap().changed, strings(&["@bob:x"]));
+        assert_eq!(updates("@bob:x", t0).await.unwrap().changed, strings(&["@bob:x"]));
+        assert_eq!(updates("@carol:x", t0).await.unwrap().changed, strings(&["@carol:x"]));
+        // Uploading the same keys again is no change.
+        let t1 = store.persisted_upto();
+        new_device_keys(store, "@bob:x", "B2").await;
+        assert_eq!(store.persisted_upto(), t1);
+
+        // Carol is invited, then joins: the members learn of her, she of them.
+        member(store, "!r", "@carol:x", "invite").await;
+        assert_eq!(updates("@alice:x", t1).await.unwrap().changed, strings(&["@carol:x"]));
+        assert_eq!(
+            updates("@carol:x", t1).await.unwrap().changed,
+            strings(&["@alice:x", "@bob:x", "@carol:x"])
+        );
+        member(store, "!r", "@carol:x", "join").await;
+        let t2 = store.persisted_upto();
+
+        // Bob leaves the only room he shares: Alice and Carol are told he left,
+        // and Bob that they did.
+        member(store, "!r", "@bob:x", "leave").await;
+        let a = updates("@alice:x", t2).await.unwrap();
+        assert_eq!(a.left, strings(&["@bob:x"]));
+        assert!(a.changed.is_empty());
+        let b = updates("@bob:x", t2).await.unwrap();
+        assert_eq!(b.left, strings(&["@alice:x", "@carol:x"]));
+        // His later key changes no longer reach them.
+        let t3 = store.persisted_upto();
+        new_device_keys(store, "@bob:x", "B3").await;
+        assert!(updates("@alice:x", t3).await.unwrap().changed.is_empty());
+
+        // If he still shared another room with Alice, he would not have left.
+        member(store, "!r2", "@alice:x", "join").await;
+        member(store, "!r2", "@bob:x", "join").await;
+        member(store, "!r", "@bob:x", "join").await;
+        let t4 = store.persisted_upto();
+        member(store, "!r", "@bob:x", "leave").await;
+        let a = updates("@alice:x", t4).await.unwrap();
+        assert!(a.left.is_empty() && a.changed.is_empty(), "{a:?}");
+        assert_eq!(updates("@carol:x", t4).await.unwrap().left, strings(&["@bob:x"]));
+
+        // A signature Alice makes on Carol's key is news only to Alice.
+        let t5 = store.persisted_upto();
+        store
+            .add_signatures(
+                "@alice:x".into(),
+                vec![SignatureRow {
+                    target_user: "@carol:x".into(),
+                    target_key: "CAROLMASTER".into(),
+                    signer_user: "@alice:x".into(),
+                    signer_key_id: "ed25519:ALICEUSK".into(),
+                    signature: "sig".into(),
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(updates("@alice:x", t5).await.unwrap().changed, strings(&["@carol:x"]));
+        assert!(updates("@bob:x", t5).await.unwrap().changed.is_empty());
+        assert!(updates("@carol:x", t5).await.unwrap().changed.is_empty());
+        // And only Alice and Carol's own signatures show in Alice's queries.
+        let q = store
+            .query_keys("@bob:x".into(), vec![("@carol:x".into(), vec![])])
+            .await
+            .unwrap();
+        assert!(q.signatures.is_empty());
+        let q = store
+            .query_keys("@alice:x".into(), vec![("@carol:x".into(), vec![])])
+            .await
+            .unwrap();
+        assert_eq!(q.signatures.len(), 1);
+        assert_eq!(q.devices.len(), 1);
+    }
 }
