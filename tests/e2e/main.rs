@@ -4,7 +4,9 @@
 //! where a test must see the exact wire format.
 
 mod bad_input;
+mod churn;
 mod common;
 mod concurrency;
 mod durability;
+mod encryption;
 mod rooms;
