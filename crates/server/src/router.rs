@@ -9,7 +9,7 @@ use axum::{
 };
 use http::{HeaderValue, Method, StatusCode, header};
 use ruma::api::client::{
-    account, alias, config, context, device, directory, discovery, filter, keys, membership, message, presence,
+    account, alias, backup, config, context, device, directory, discovery, filter, keys, membership, message, presence,
     profile, read_marker, receipt, redact, relations, room, session, state, sync::sync_events, tag, threads, to_device,
     typing,
 };
@@ -105,6 +105,21 @@ pub fn router(app: App) -> Router {
         .ruma::<keys::upload_signing_keys::v3::Request, _, _>(c::keys::upload_signing)
         .ruma::<keys::upload_signatures::v3::Request, _, _>(c::keys::upload_signatures)
         .ruma::<to_device::send_event_to_device::v3::Request, _, _>(c::to_device::send)
+        // Server-side key backup
+        .ruma::<backup::create_backup_version::v3::Request, _, _>(c::backup::create_version)
+        .ruma::<backup::get_latest_backup_info::v3::Request, _, _>(c::backup::latest_version)
+        .ruma::<backup::get_backup_info::v3::Request, _, _>(c::backup::get_version)
+        .ruma::<backup::update_backup_version::v3::Request, _, _>(c::backup::update_version)
+        .ruma::<backup::delete_backup_version::v3::Request, _, _>(c::backup::delete_version)
+        .ruma::<backup::add_backup_keys::v3::Request, _, _>(c::backup::put_keys)
+        .ruma::<backup::add_backup_keys_for_room::v3::Request, _, _>(c::backup::put_room_keys)
+        .ruma::<backup::add_backup_keys_for_session::v3::Request, _, _>(c::backup::put_session_key)
+        .ruma::<backup::get_backup_keys::v3::Request, _, _>(c::backup::get_keys)
+        .ruma::<backup::get_backup_keys_for_room::v3::Request, _, _>(c::backup::get_room_keys)
+        .ruma::<backup::get_backup_keys_for_session::v3::Request, _, _>(c::backup::get_session_key)
+        .ruma::<backup::delete_backup_keys::v3::Request, _, _>(c::backup::delete_keys)
+        .ruma::<backup::delete_backup_keys_for_room::v3::Request, _, _>(c::backup::delete_room_keys)
+        .ruma::<backup::delete_backup_keys_for_session::v3::Request, _, _>(c::backup::delete_session_key)
         .fallback(|| async { Error::unrecognized("Unrecognized request") })
         .layer(middleware::from_fn(matrix_edges))
         .layer(middleware::from_fn(catch_panic))

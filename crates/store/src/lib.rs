@@ -7,6 +7,7 @@
 //! below which every position is committed, and sync never reads past it.
 
 pub mod accounts;
+pub mod backup;
 pub mod e2ee;
 mod events;
 mod misc;

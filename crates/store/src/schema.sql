@@ -205,3 +205,24 @@ CREATE TABLE IF NOT EXISTS stream_watermark (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     pos INTEGER NOT NULL
 );
+-- Server-side key backup: versions (kept as tombstones when deleted, so a
+-- version number is never reused) and the encrypted room keys in each.
+CREATE TABLE IF NOT EXISTS backup_versions (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    algorithm TEXT NOT NULL,
+    etag INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, version)
+);
+CREATE TABLE IF NOT EXISTS backup_keys (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    room_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    first_message_index INTEGER NOT NULL,
+    forwarded_count INTEGER NOT NULL,
+    is_verified INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, version, room_id, session_id)
+);

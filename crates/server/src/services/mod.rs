@@ -1,6 +1,7 @@
 //! The logic behind the handlers.
 
 pub mod accounts;
+pub mod backup;
 pub mod create_room;
 pub mod e2ee;
 pub mod membership;
