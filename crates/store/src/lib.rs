@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod backup;
 pub mod e2ee;
 mod events;
+pub mod media;
 mod misc;
 mod sqlite;
 pub mod types;

@@ -226,3 +226,18 @@ CREATE TABLE IF NOT EXISTS backup_keys (
     json TEXT NOT NULL,
     PRIMARY KEY (user_id, version, room_id, session_id)
 );
+-- The content repository: one row per local media ID (see media.rs). The
+-- bytes are in the media backend under their SHA-256; a reserved ID
+-- (/media/v1/create) has no sha256 until its upload, and lapses at expires_ts.
+CREATE TABLE IF NOT EXISTS media (
+    media_id TEXT PRIMARY KEY,
+    uploader TEXT NOT NULL,
+    content_type TEXT,
+    filename TEXT,
+    size INTEGER,
+    sha256 TEXT,
+    created_ts INTEGER NOT NULL,
+    expires_ts INTEGER,
+    quarantined INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS media_pending ON media (uploader, expires_ts) WHERE sha256 IS NULL;
