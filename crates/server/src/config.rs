@@ -54,6 +54,14 @@ pub struct Config {
     pub public_baseurl: Option<String>,
     /// Longest `/sync` long-poll, in milliseconds, whatever the client asks.
     pub max_sync_timeout_ms: u64,
+    /// Largest media upload, in bytes (reported to clients by `/media/config`).
+    /// Uploads are bounded by this instead of `max_request_bytes`.
+    pub max_upload_bytes: usize,
+    /// Whether the deprecated unauthenticated `/_matrix/media/v3/download` and
+    /// `/thumbnail` endpoints serve local media. Off by default: anyone who
+    /// learns an `mxc://` URI could otherwise fetch the file without an
+    /// account. Clients since Matrix 1.11 use authenticated media.
+    pub unauthenticated_media: bool,
 }
 
 impl Default for Config {
@@ -69,6 +77,8 @@ impl Default for Config {
             access_token_lifetime_secs: 24 * 3600,
             public_baseurl: None,
             max_sync_timeout_ms: 60_000,
+            max_upload_bytes: 100 * 1024 * 1024,
+            unauthenticated_media: false,
         }
     }
 }
@@ -106,6 +116,12 @@ impl Config {
         }
         if let Some(v) = get("MISSIVE_PRESENCE") {
             self.presence = matches!(v.as_str(), "1" | "true" | "on" | "yes");
+        }
+        if let Some(v) = get("MISSIVE_MAX_UPLOAD_BYTES") {
+            self.max_upload_bytes = v.parse().map_err(|e| format!("MISSIVE_MAX_UPLOAD_BYTES: {e}"))?;
+        }
+        if let Some(v) = get("MISSIVE_UNAUTHENTICATED_MEDIA") {
+            self.unauthenticated_media = matches!(v.as_str(), "1" | "true" | "on" | "yes");
         }
         Ok(())
     }

@@ -90,14 +90,32 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
     })
 }
 
-impl<R> FromRequest<App> for Ruma<R>
+/// How an endpoint's request body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// A JSON object (or nothing), bounded by `max_request_bytes`.
+    Json,
+    /// The raw bytes of a file (media uploads), bounded by `max_upload_bytes`
+    /// and kept only in the parsed request.
+    Upload,
+}
+
+impl BodyKind {
+    fn limit(self, app: &App) -> usize {
+        match self {
+            BodyKind::Json => app.config.max_request_bytes,
+            BodyKind::Upload => app.config.max_upload_bytes,
+        }
+    }
+}
+
+impl<R> Ruma<R>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthKind,
 {
-    type Rejection = Error;
-
-    async fn from_request(req: Request, app: &App) -> Result<Self> {
+    /// Authenticates and parses a request whose body is of the given kind.
+    pub async fn extract(req: Request, app: &App, kind: BodyKind) -> Result<Self> {
         let (mut parts, body) = req.into_parts();
         let params = RawPathParams::from_request_parts(&mut parts, app)
             .await
@@ -107,10 +125,9 @@ where
         while args.len() < R::_path_parameters().len() {
             args.push(String::new());
         }
-        let bytes = axum::body::to_bytes(body, app.config.max_request_bytes)
-            .await
-            .map_err(|_| Error::too_large("Request body too large"))?;
 
+        // Who is asking comes before reading a body: nobody gets the server
+        // to buffer a large upload without a valid token.
         let session = match (R::Authentication::RULE, access_token(&parts)) {
             (TokenRule::None, _) => None,
             (_, Some(token)) => Some(app.authenticate(&token).await?),
@@ -120,7 +137,20 @@ where
             }
         };
 
-        if !bytes.is_empty()
+        let limit = kind.limit(app);
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(Error::too_large(too_large_message(kind, limit)));
+        }
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Error::too_large(too_large_message(kind, limit)))?;
+
+        if kind == BodyKind::Json
+            && !bytes.is_empty()
             && parts.method != http::Method::GET
             && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
         {
@@ -137,8 +167,31 @@ where
         Ok(Ruma {
             body,
             session,
-            raw_body: bytes,
+            // An upload is in the parsed request already; no second copy.
+            raw_body: match kind {
+                BodyKind::Json => bytes,
+                BodyKind::Upload => bytes::Bytes::new(),
+            },
         })
+    }
+}
+
+fn too_large_message(kind: BodyKind, limit: usize) -> String {
+    match kind {
+        BodyKind::Json => "Request body too large".to_owned(),
+        BodyKind::Upload => format!("Upload larger than this server's limit of {limit} bytes"),
+    }
+}
+
+impl<R> FromRequest<App> for Ruma<R>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthKind,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self> {
+        Self::extract(req, app, BodyKind::Json).await
     }
 }
 
@@ -163,10 +216,22 @@ pub trait RouterExt {
         R::OutgoingResponse: Send,
         F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static;
+
+    /// Like [`ruma`](Self::ruma), for an endpoint whose body is an uploaded
+    /// file: raw bytes bounded by `max_upload_bytes`. The handler may answer
+    /// with a response type of its own (ruma's for the asynchronous upload
+    /// cannot be built outside ruma).
+    fn ruma_upload<R, F, Fut, O>(self, handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        O: OutgoingResponse + Send + 'static,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O>> + Send + 'static;
 }
 
 impl RouterExt for Router<App> {
-    fn ruma<R, F, Fut>(mut self, handler: F) -> Self
+    fn ruma<R, F, Fut>(self, handler: F) -> Self
     where
         R: IncomingRequest + Send + 'static,
         R::Authentication: AuthKind,
@@ -174,26 +239,51 @@ impl RouterExt for Router<App> {
         F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
     {
-        let filter = MethodFilter::try_from(R::METHOD).expect("standard HTTP method");
-        let mut paths: BTreeSet<String> = R::PATH_BUILDER.all_paths().map(str::to_owned).collect();
-        // The router cannot match an empty segment, and clients send an
-        // empty state key as `/state/{type}/` or `/state/{type}`.
-        for p in paths.clone() {
-            if let Some(prefix) = p.strip_suffix("/{state_key}") {
-                paths.insert(prefix.to_owned());
-                paths.insert(format!("{prefix}/"));
-            }
-        }
-        for path in paths {
-            let h = handler.clone();
-            self = self.route(
-                &path,
-                on(filter, move |State(app): State<App>, req: Ruma<R>| {
-                    let h = h.clone();
-                    async move { h(app, req).await.map(RumaResponse) }
-                }),
-            );
-        }
-        self
+        route_ruma(self, BodyKind::Json, handler)
     }
+
+    fn ruma_upload<R, F, Fut, O>(self, handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        O: OutgoingResponse + Send + 'static,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O>> + Send + 'static,
+    {
+        route_ruma(self, BodyKind::Upload, handler)
+    }
+}
+
+fn route_ruma<R, F, Fut, O>(mut router: Router<App>, kind: BodyKind, handler: F) -> Router<App>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthKind,
+    O: OutgoingResponse + Send + 'static,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<O>> + Send + 'static,
+{
+    let filter = MethodFilter::try_from(R::METHOD).expect("standard HTTP method");
+    let mut paths: BTreeSet<String> = R::PATH_BUILDER.all_paths().map(str::to_owned).collect();
+    // The router cannot match an empty segment, and clients send an
+    // empty state key as `/state/{type}/` or `/state/{type}`.
+    for p in paths.clone() {
+        if let Some(prefix) = p.strip_suffix("/{state_key}") {
+            paths.insert(prefix.to_owned());
+            paths.insert(format!("{prefix}/"));
+        }
+    }
+    for path in paths {
+        let h = handler.clone();
+        router = router.route(
+            &path,
+            on(filter, move |State(app): State<App>, req: Request| {
+                let h = h.clone();
+                async move {
+                    let req = Ruma::<R>::extract(req, &app, kind).await?;
+                    h(app, req).await.map(RumaResponse)
+                }
+            }),
+        );
+    }
+    router
 }
