@@ -57,6 +57,8 @@ constructors! {
     unknown => INTERNAL_SERVER_ERROR, "M_UNKNOWN";
     bad_state => BAD_REQUEST, "M_BAD_STATE";
     limit_exceeded => TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED";
+    cannot_overwrite_media => CONFLICT, "M_CANNOT_OVERWRITE_MEDIA";
+    not_yet_uploaded => GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED";
 }
 
 impl Error {

@@ -19,7 +19,7 @@ pub use config::{Config, Registration};
 pub use error::{Error, Result};
 pub use router::router;
 
-use services::{presence::Presence, rooms::RoomLocks, typing::Typing, uia::UiaSessions};
+use services::{media::Media, presence::Presence, rooms::RoomLocks, typing::Typing, uia::UiaSessions};
 
 #[derive(Clone)]
 pub struct App(Arc<AppInner>);
@@ -35,6 +35,7 @@ pub struct AppInner {
     pub presence: Presence,
     pub room_locks: RoomLocks,
     pub uia: UiaSessions,
+    pub media: Media,
 }
 
 impl Deref for App {
@@ -61,6 +62,7 @@ impl App {
         let version = version.strip_prefix("ed25519:").unwrap_or(&version).to_owned();
         let key = missive_core::signing_key::load(&der, &version).map_err(|e| Error::Internal(e.to_string()))?;
         let (notifier, _) = tokio::sync::watch::channel(0);
+        let media = Media::on_disk(&config.data_dir);
         Ok(App(Arc::new(AppInner {
             config,
             server_name,
@@ -71,6 +73,7 @@ impl App {
             presence: Presence::default(),
             room_locks: RoomLocks::default(),
             uia: UiaSessions::default(),
+            media,
         })))
     }
 

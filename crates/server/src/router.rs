@@ -97,6 +97,8 @@ pub fn router(app: App) -> Router {
         .ruma::<read_marker::set_read_marker::v3::Request, _, _>(c::receipt::read_markers)
         .ruma::<presence::set_presence::v3::Request, _, _>(c::presence::set)
         .ruma::<presence::get_presence::v3::Request, _, _>(c::presence::get)
+        // Content repository
+        .merge(media_routes())
         // End-to-end encryption
         .ruma::<keys::upload_keys::v3::Request, _, _>(c::keys::upload)
         .ruma::<keys::get_keys::v3::Request, _, _>(c::keys::query)
@@ -124,6 +126,27 @@ pub fn router(app: App) -> Router {
         .layer(middleware::from_fn(matrix_edges))
         .layer(middleware::from_fn(catch_panic))
         .with_state(app)
+}
+
+/// The content repository, with its security headers on every response.
+#[allow(deprecated)] // the unauthenticated `/_matrix/media/v3` downloads are deprecated, and still routed
+fn media_routes() -> Router<App> {
+    use ruma::api::client::{authenticated_media as authed_media, media};
+    Router::new()
+        .ruma_upload::<media::create_content::v3::Request, _, _, _>(c::media::upload)
+        .ruma::<media::create_mxc_uri::v1::Request, _, _>(c::media::create)
+        .ruma_upload::<media::create_content_async::v3::Request, _, _, _>(c::media::upload_async)
+        .ruma::<authed_media::get_media_config::v1::Request, _, _>(c::media::config)
+        .ruma::<authed_media::get_content::v1::Request, _, _>(c::media::download)
+        .ruma::<authed_media::get_content_as_filename::v1::Request, _, _>(c::media::download_as)
+        .ruma::<authed_media::get_content_thumbnail::v1::Request, _, _>(c::media::thumbnail)
+        .ruma::<authed_media::get_media_preview::v1::Request, _, _>(c::media::preview_url)
+        .ruma::<media::get_media_config::v3::Request, _, _>(c::media::legacy_config)
+        .ruma::<media::get_content::v3::Request, _, _>(c::media::legacy_download)
+        .ruma::<media::get_content_as_filename::v3::Request, _, _>(c::media::legacy_download_as)
+        .ruma::<media::get_content_thumbnail::v3::Request, _, _>(c::media::legacy_thumbnail)
+        .ruma::<media::get_media_preview::v3::Request, _, _>(c::media::legacy_preview_url)
+        .layer(middleware::map_response(c::media::security_headers))
 }
 
 /// A panic in a handler becomes a Matrix 500, not a dropped connection.

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod device;
 pub mod discovery;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod message;
 pub mod presence;

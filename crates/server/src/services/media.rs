@@ -1,0 +1,551 @@
+//! The content repository: uploads (at once, or reserved with `create` and
+//! uploaded later), downloads and thumbnails of this server's media.
+//!
+//! Metadata lives in the store. The bytes go through a [`MediaBackend`]
+//! (a directory under the data directory by default, an S3-compatible
+//! object store later), keyed by their SHA-256: identical files are kept
+//! once, and two writers of one key always write the same bytes.
+//! Thumbnails are cached in the backend too, keyed by the content and the
+//! requested size and method.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use missive_store::media::{CompleteUpload, MediaContent, MediaRow};
+use ruma::{OwnedMxcUri, ServerName, UserId};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::{
+    App, Error, Result,
+    services::{
+        accounts::{now_ms, random_string},
+        thumbnail::{self, Size, ThumbnailError},
+    },
+};
+
+/// Length of a new media ID (62^24 ≈ 2^143 possibilities).
+const MEDIA_ID_LEN: usize = 24;
+/// How long a media ID reserved with `create` waits for its upload.
+pub const PENDING_UPLOAD_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Reserved media IDs one user may have waiting for their upload.
+const MAX_PENDING_UPLOADS: i64 = 10;
+/// Longest a download waits for a pending upload, whatever the client asks.
+const MAX_DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// Where media bytes are kept. Keys are relative `/`-separated paths whose
+/// segments are made of `[A-Za-z0-9_-]`, with at most one `.`.
+pub trait MediaBackend: Send + Sync + 'static {
+    /// Stores `data` under `key`, replacing what was there as a whole.
+    /// When it returns `Ok`, the bytes survive a crash or a power cut.
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, io::Result<()>>;
+    /// The bytes stored under `key`, `None` if there are none.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>>;
+}
+
+/// Media in a local directory, one file per key.
+pub struct FsBackend {
+    root: PathBuf,
+}
+
+impl FsBackend {
+    pub fn new(root: PathBuf) -> FsBackend {
+        FsBackend { root }
+    }
+
+    fn path(&self, key: &str) -> io::Result<PathBuf> {
+        let valid = !key.is_empty()
+            && key.split('/').all(|seg| {
+                !seg.is_empty()
+                    && !seg.starts_with('.')
+                    && seg.matches('.').count() <= 1
+                    && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            });
+        if !valid {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad media key {key:?}"),
+            ));
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+impl MediaBackend for FsBackend {
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            tokio::task::spawn_blocking(move || write_durably(&path, &data))
+                .await
+                .map_err(io::Error::other)?
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>> {
+        Box::pin(async move {
+            match tokio::fs::read(self.path(key)?).await {
+                Ok(b) => Ok(Some(Bytes::from(b))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+/// Writes a file atomically (a temporary file renamed over it) and durably
+/// (the file, and every directory entry leading to it, synced to disk).
+fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "media path without a directory"))?;
+    create_dirs_durably(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("media");
+    let tmp = dir.join(format!(".{name}.{}.tmp", random_string(12)));
+    let written = (|| {
+        let mut f = std::fs::File::create_new(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and its missing parents, syncing each parent that gained an entry.
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    for created in missing {
+        if let Some(parent) = created.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+/// The content repository's state in the server.
+pub struct Media {
+    pub backend: Arc<dyn MediaBackend>,
+    /// Woken when a reserved media ID receives its content.
+    uploaded: Notify,
+    /// Bounds the CPU spent generating thumbnails at once.
+    thumbnailers: Semaphore,
+}
+
+impl Media {
+    pub fn new(backend: Arc<dyn MediaBackend>) -> Media {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Media {
+            backend,
+            uploaded: Notify::new(),
+            thumbnailers: Semaphore::new(cpus),
+        }
+    }
+
+    /// Media in `<data_dir>/media`.
+    pub fn on_disk(data_dir: &Path) -> Media {
+        Media::new(Arc::new(FsBackend::new(data_dir.join("media"))))
+    }
+}
+
+/// What an upload carries besides its bytes.
+pub struct Upload {
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// A file to serve.
+pub struct Served {
+    pub data: Vec<u8>,
+    pub content_type: String,
+    pub filename: Option<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `aa/bb/aabbcc…`: sharded so that no directory grows too large.
+fn sharded(sha256: &str) -> String {
+    format!("{}/{}/{sha256}", &sha256[..2], &sha256[2..4])
+}
+
+fn content_key(sha256: &str) -> String {
+    format!("content/{}", sharded(sha256))
+}
+
+fn thumbnail_key(sha256: &str, size: Size) -> String {
+    format!(
+        "thumbnails/{}/{}x{}-{}",
+        sharded(sha256),
+        size.width,
+        size.height,
+        size.method.as_str()
+    )
+}
+
+/// Media IDs this server hands out are `[A-Za-z0-9]`; anything else names nothing.
+fn valid_media_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+}
+
+fn valid_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn not_found() -> Error {
+    Error::not_found("Media not found")
+}
+
+/// An empty or blank value means none.
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+impl App {
+    fn mxc(&self, media_id: &str) -> Result<OwnedMxcUri> {
+        let uri = OwnedMxcUri::from(format!("mxc://{}/{media_id}", self.server_name));
+        uri.validate().map_err(|e| Error::Internal(format!("media URI: {e}")))?;
+        Ok(uri)
+    }
+
+    /// Stores the bytes durably; their key is their SHA-256 (hex).
+    async fn store_content(&self, upload: Upload) -> Result<MediaContent> {
+        if upload.data.len() > self.config.max_upload_bytes {
+            return Err(Error::too_large(format!(
+                "Upload larger than this server's limit of {} bytes",
+                self.config.max_upload_bytes
+            )));
+        }
+        let sha256 = hex(&Sha256::digest(&upload.data));
+        let size = upload.data.len() as i64;
+        self.media
+            .backend
+            .put(&content_key(&sha256), Bytes::from(upload.data))
+            .await
+            .map_err(|e| Error::Internal(format!("storing media: {e}")))?;
+        Ok(MediaContent {
+            content_type: non_empty(upload.content_type),
+            filename: non_empty(upload.filename),
+            size,
+            sha256,
+        })
+    }
+
+    /// `POST /media/v3/upload`: stores a file under a new media ID.
+    pub async fn upload_media(&self, uploader: &UserId, upload: Upload) -> Result<OwnedMxcUri> {
+        let content = self.store_content(upload).await?;
+        loop {
+            let media_id = random_string(MEDIA_ID_LEN);
+            match self
+                .store
+                .insert_media(media_id.clone(), uploader.to_string(), content.clone(), now_ms())
+                .await
+            {
+                Ok(()) => return self.mxc(&media_id),
+                Err(missive_store::StoreError::Exists) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// `POST /media/v1/create`: reserves a media ID for a later upload by
+    /// the same user; returns it with the time its reservation lapses.
+    pub async fn reserve_media(&self, uploader: &UserId) -> Result<(OwnedMxcUri, i64)> {
+        let now = now_ms();
+        let expires = now + PENDING_UPLOAD_LIFETIME.as_millis() as i64;
+        loop {
+            let media_id = random_string(MEDIA_ID_LEN);
+            match self
+                .store
+                .reserve_media(
+                    media_id.clone(),
+                    uploader.to_string(),
+                    now,
+                    expires,
+                    MAX_PENDING_UPLOADS,
+                )
+                .await
+            {
+                Ok(true) => return Ok((self.mxc(&media_id)?, expires)),
+                Ok(false) => {
+                    return Err(Error::limit_exceeded(
+                        "Too many media IDs waiting for their upload; upload or let them lapse first",
+                    ));
+                }
+                Err(missive_store::StoreError::Exists) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// `PUT /media/v3/upload/{serverName}/{mediaId}`: the content of a reserved media ID.
+    pub async fn upload_reserved_media(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        uploader: &UserId,
+        upload: Upload,
+    ) -> Result<()> {
+        if server_name != self.server_name || !valid_media_id(media_id) {
+            return Err(not_found());
+        }
+        // Refuse early what would be refused anyway, before storing bytes.
+        let row = self.store.media(media_id.to_owned()).await?.ok_or_else(not_found)?;
+        check_reservation(&row, uploader)?;
+        let content = self.store_content(upload).await?;
+        let outcome = self
+            .store
+            .complete_media(media_id.to_owned(), uploader.to_string(), content, now_ms())
+            .await?;
+        match outcome {
+            CompleteUpload::Done => {
+                self.media.uploaded.notify_waiters();
+                Ok(())
+            }
+            CompleteUpload::NotFound => Err(not_found()),
+            CompleteUpload::NotOwner => Err(not_owner()),
+            CompleteUpload::AlreadyUploaded => Err(already_uploaded()),
+        }
+    }
+
+    /// The metadata of an uploaded local media, waiting up to `timeout` for
+    /// a pending upload. Unknown, lapsed and quarantined media are not found.
+    async fn uploaded_media(&self, server_name: &ServerName, media_id: &str, timeout: Duration) -> Result<MediaRow> {
+        if server_name != self.server_name {
+            // Fetching from other servers comes with federation.
+            return Err(Error::not_found("Media from other servers is not available yet"));
+        }
+        if !valid_media_id(media_id) {
+            return Err(not_found());
+        }
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_DOWNLOAD_WAIT);
+        loop {
+            // Listen before looking, so an upload in between is not missed.
+            let notified = self.media.uploaded.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let row = self.store.media(media_id.to_owned()).await?.ok_or_else(not_found)?;
+            if row.quarantined {
+                return Err(not_found());
+            }
+            if row.sha256.is_some() {
+                return Ok(row);
+            }
+            if row.expires_ts.is_some_and(|e| e <= now_ms()) {
+                return Err(not_found());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::not_yet_uploaded("Content has not yet been uploaded"));
+            }
+            // Another process sharing the database would not wake us: look again now and then.
+            let _ = tokio::time::timeout_at(deadline.min(now + Duration::from_secs(1)), notified).await;
+        }
+    }
+
+    async fn content_of(&self, row: &MediaRow) -> Result<(String, Bytes)> {
+        let sha256 = row.sha256.clone().filter(|s| valid_sha256(s)).ok_or_else(not_found)?;
+        let data = self
+            .media
+            .backend
+            .get(&content_key(&sha256))
+            .await
+            .map_err(|e| Error::Internal(format!("reading media: {e}")))?;
+        match data {
+            Some(d) => Ok((sha256, d)),
+            None => {
+                tracing::warn!(media_id = %row.media_id, "media content missing from the backend");
+                Err(not_found())
+            }
+        }
+    }
+
+    /// A local media's content, with its content type and upload filename.
+    pub async fn download_media(&self, server_name: &ServerName, media_id: &str, timeout: Duration) -> Result<Served> {
+        let row = self.uploaded_media(server_name, media_id, timeout).await?;
+        let (_, data) = self.content_of(&row).await?;
+        Ok(Served {
+            data: data.into(),
+            content_type: row
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".to_owned()),
+            filename: row.filename,
+        })
+    }
+
+    /// A thumbnail of a local image, from the cache or made now.
+    pub async fn media_thumbnail(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        size: Size,
+        timeout: Duration,
+    ) -> Result<Served> {
+        let row = self.uploaded_media(server_name, media_id, timeout).await?;
+        // Declared non-images are refused without reading them; the rest is
+        // judged by its bytes.
+        if row
+            .content_type
+            .as_deref()
+            .is_some_and(|t| !t.trim().to_ascii_lowercase().starts_with("image/"))
+        {
+            return Err(cannot_thumbnail());
+        }
+        let sha256 = row.sha256.clone().filter(|s| valid_sha256(s)).ok_or_else(not_found)?;
+        let key = thumbnail_key(&sha256, size);
+        let cached = self.media.backend.get(&key).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading a cached thumbnail");
+            None
+        });
+        if let Some(bytes) = cached {
+            let content_type = thumbnail::content_type_of(&bytes);
+            return Ok(served_thumbnail(bytes.into(), content_type));
+        }
+        let (_, source) = self.content_of(&row).await?;
+        let thumb = {
+            let _permit = self
+                .media
+                .thumbnailers
+                .acquire()
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            tokio::task::spawn_blocking(move || thumbnail::generate(&source, size))
+                .await
+                .map_err(|e| Error::Internal(format!("thumbnailer: {e}")))?
+        };
+        let thumb = match thumb {
+            Ok(t) => t,
+            Err(ThumbnailError::Unsupported(why)) => {
+                tracing::debug!(media_id, why, "no thumbnail");
+                return Err(cannot_thumbnail());
+            }
+            Err(ThumbnailError::TooLarge) => return Err(Error::too_large("Content is too large to thumbnail")),
+            Err(e) => return Err(Error::Internal(e.to_string())),
+        };
+        // The cache is an optimisation: failing to fill it is no reason to fail the request.
+        let bytes = Bytes::from(thumb.bytes);
+        if let Err(e) = self.media.backend.put(&key, bytes.clone()).await {
+            tracing::warn!(error = %e, "caching a thumbnail");
+        }
+        Ok(served_thumbnail(bytes.into(), thumb.content_type))
+    }
+
+    /// Quarantines (or releases) a local media: quarantined media are not served.
+    /// Returns whether the media exists.
+    pub async fn quarantine_media(&self, media_id: &str, quarantined: bool) -> Result<bool> {
+        if !valid_media_id(media_id) {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .set_media_quarantined(media_id.to_owned(), quarantined)
+            .await?)
+    }
+}
+
+fn served_thumbnail(data: Vec<u8>, content_type: &str) -> Served {
+    let ext = if content_type == "image/jpeg" { "jpg" } else { "png" };
+    Served {
+        data,
+        content_type: content_type.to_owned(),
+        filename: Some(format!("thumbnail.{ext}")),
+    }
+}
+
+fn check_reservation(row: &MediaRow, uploader: &UserId) -> Result<()> {
+    if row.uploader != uploader.as_str() {
+        return Err(not_owner());
+    }
+    if row.sha256.is_some() {
+        return Err(already_uploaded());
+    }
+    if row.expires_ts.is_some_and(|e| e <= now_ms()) {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
+fn not_owner() -> Error {
+    Error::forbidden("This media ID was reserved by another user")
+}
+
+fn already_uploaded() -> Error {
+    Error::cannot_overwrite_media("This media has already been uploaded")
+}
+
+fn cannot_thumbnail() -> Error {
+    Error::Matrix {
+        status: http::StatusCode::BAD_REQUEST,
+        errcode: "M_UNKNOWN",
+        message: "Cannot generate thumbnails for this content type".into(),
+        extra: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_sharded_and_validated() {
+        let sha = "ab".repeat(32);
+        assert_eq!(content_key(&sha), format!("content/ab/ab/{sha}"));
+        let backend = FsBackend::new(PathBuf::from("/m"));
+        assert!(backend.path(&content_key(&sha)).is_ok());
+        for bad in ["", "../x", "a//b", "a/.hidden", "/abs", "a/b..c"] {
+            assert!(backend.path(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn media_ids_name_no_path() {
+        assert!(valid_media_id("AbC123"));
+        for bad in ["", "..", "a/b", "a.b", "a%2Fb"] {
+            assert!(!valid_media_id(bad), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_directory_backend_round_trips() {
+        let dir = std::env::temp_dir().join(format!("missive-media-test-{}", random_string(8)));
+        let backend = FsBackend::new(dir.clone());
+        let key = content_key(&"0f".repeat(32));
+        assert!(backend.get(&key).await.expect("get").is_none());
+        backend.put(&key, Bytes::from_static(b"hello")).await.expect("put");
+        backend
+            .put(&key, Bytes::from_static(b"hello"))
+            .await
+            .expect("put again");
+        assert_eq!(backend.get(&key).await.expect("get").as_deref(), Some(&b"hello"[..]));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.join("content/0f/0f"))
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
