@@ -3,6 +3,7 @@
 //! `matrix-sdk` client (end-to-end encryption on) and with raw requests
 //! where a test must see the exact wire format.
 
+mod api;
 mod bad_input;
 mod churn;
 mod common;
@@ -10,3 +11,4 @@ mod concurrency;
 mod durability;
 mod encryption;
 mod rooms;
+mod verification;

@@ -80,7 +80,11 @@ pub fn router(app: App) -> Router {
         .ruma::<relations::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
             c::relations::relating_with_type_and_event,
         )
-        .ruma::<threads::get_threads::v1::Request, _, _>(c::relations::threads)
+        .merge(
+            Router::new()
+                .ruma::<threads::get_threads::v1::Request, _, _>(c::relations::threads)
+                .layer(middleware::map_request(default_threads_include)),
+        )
         // Sync and per-user data
         .ruma::<sync_events::v3::Request, _, _>(c::sync::sync)
         .ruma::<filter::create_filter::v3::Request, _, _>(c::sync::create)
@@ -147,6 +151,20 @@ fn media_routes() -> Router<App> {
         .ruma::<media::get_content_thumbnail::v3::Request, _, _>(c::media::legacy_thumbnail)
         .ruma::<media::get_media_preview::v3::Request, _, _>(c::media::legacy_preview_url)
         .layer(middleware::map_response(c::media::security_headers))
+}
+
+/// `include` is optional in the spec (default `all`) but ruma 0.16's
+/// request type requires it; supply the default so clients that omit it work.
+async fn default_threads_include(mut req: Request) -> Request {
+    let uri = req.uri();
+    let query = uri.query().unwrap_or("");
+    if !query.split('&').any(|kv| kv.starts_with("include=")) {
+        let joined = if query.is_empty() { "include=all".to_owned() } else { format!("{query}&include=all") };
+        if let Ok(new) = format!("{}?{joined}", uri.path()).parse() {
+            *req.uri_mut() = new;
+        }
+    }
+    req
 }
 
 /// A panic in a handler becomes a Matrix 500, not a dropped connection.

@@ -230,12 +230,22 @@ impl App {
             .as_ref()
             .and_then(|sk| state.get(&(new.kind.to_string().into(), sk.clone())).cloned());
 
-        let pdu_room_id =
-            if rules.authorization.room_create_event_id_as_room_id && new.kind == TimelineEventType::RoomCreate {
-                None
-            } else {
-                room_id
-            };
+        // Before v12 a new room's ID is chosen by its server; from v12 it is
+        // the hash of the create event.
+        let generated;
+        let pdu_room_id = match room_id {
+            Some(r) => Some(r),
+            None if rules.authorization.room_create_event_id_as_room_id => None,
+            None => {
+                generated = OwnedRoomId::try_from(format!(
+                    "!{}:{}",
+                    crate::services::accounts::random_string(18),
+                    self.server_name
+                ))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+                Some(&*generated)
+            }
+        };
         if pdu_room_id.is_none() && new.kind != TimelineEventType::RoomCreate {
             return Err(Error::Internal("event without a room".into()));
         }
