@@ -10,5 +10,6 @@ mod common;
 mod concurrency;
 mod durability;
 mod encryption;
+mod media;
 mod rooms;
 mod verification;
