@@ -13,3 +13,4 @@ mod encryption;
 mod media;
 mod rooms;
 mod verification;
+mod voip;

@@ -54,6 +54,13 @@ pub struct Config {
     pub public_baseurl: Option<String>,
     /// Longest `/sync` long-poll, in milliseconds, whatever the client asks.
     pub max_sync_timeout_ms: u64,
+    /// TURN server URIs handed to calling clients (`turn:turn.example.gouv:3478?transport=udp`, …).
+    pub turn_uris: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`);
+    /// without it `/voip/turnServer` answers 404.
+    pub turn_shared_secret: Option<String>,
+    /// How long TURN credentials stay valid, in seconds.
+    pub turn_ttl_secs: u64,
     /// Largest media upload, in bytes (reported to clients by `/media/config`).
     /// Uploads are bounded by this instead of `max_request_bytes`.
     pub max_upload_bytes: usize,
@@ -77,6 +84,9 @@ impl Default for Config {
             access_token_lifetime_secs: 24 * 3600,
             public_baseurl: None,
             max_sync_timeout_ms: 60_000,
+            turn_uris: vec![],
+            turn_shared_secret: None,
+            turn_ttl_secs: 86_400,
             max_upload_bytes: 100 * 1024 * 1024,
             unauthenticated_media: false,
         }
@@ -113,6 +123,17 @@ impl Config {
         }
         if let Some(v) = get("MISSIVE_REGISTRATION") {
             self.registration = v.parse()?;
+        }
+        if let Some(v) = get("MISSIVE_TURN_URIS") {
+            self.turn_uris = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = get("MISSIVE_TURN_SHARED_SECRET") {
+            self.turn_shared_secret = Some(v);
         }
         if let Some(v) = get("MISSIVE_PRESENCE") {
             self.presence = matches!(v.as_str(), "1" | "true" | "on" | "yes");

@@ -101,6 +101,7 @@ pub fn router(app: App) -> Router {
         .ruma::<read_marker::set_read_marker::v3::Request, _, _>(c::receipt::read_markers)
         .ruma::<presence::set_presence::v3::Request, _, _>(c::presence::set)
         .ruma::<presence::get_presence::v3::Request, _, _>(c::presence::get)
+        .ruma::<ruma::api::client::voip::get_turn_server_info::v3::Request, _, _>(c::voip::turn_server)
         // Content repository
         .merge(media_routes())
         // End-to-end encryption
@@ -159,7 +160,11 @@ async fn default_threads_include(mut req: Request) -> Request {
     let uri = req.uri();
     let query = uri.query().unwrap_or("");
     if !query.split('&').any(|kv| kv.starts_with("include=")) {
-        let joined = if query.is_empty() { "include=all".to_owned() } else { format!("{query}&include=all") };
+        let joined = if query.is_empty() {
+            "include=all".to_owned()
+        } else {
+            format!("{query}&include=all")
+        };
         if let Ok(new) = format!("{}?{joined}", uri.path()).parse() {
             *req.uri_mut() = new;
         }

@@ -15,3 +15,4 @@ pub mod to_device;
 pub mod typing;
 pub mod uia;
 pub mod upgrade;
+pub mod voip;

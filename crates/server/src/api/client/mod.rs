@@ -21,6 +21,7 @@ pub mod state;
 pub mod sync;
 pub mod to_device;
 pub mod typing;
+pub mod voip;
 
 use ruma::UserId;
 
