@@ -34,13 +34,23 @@ async fn churn_leaves_no_message_undecryptable() {
     let mut devices: Vec<Device> = vec![];
     for (u, n) in names.iter().enumerate() {
         for _ in 0..2 {
-            devices.push(Device { user: u, client: sdk_login(&server, n).await });
+            devices.push(Device {
+                user: u,
+                client: sdk_login(&server, n).await,
+            });
         }
     }
-    let user_ids: Vec<_> = devices.iter().filter(|d| d.client.device_id().is_some()).map(|d| d.client.user_id().unwrap().to_owned()).collect();
+    let user_ids: Vec<_> = devices
+        .iter()
+        .filter(|d| d.client.device_id().is_some())
+        .map(|d| d.client.user_id().unwrap().to_owned())
+        .collect();
     let room: OwnedRoomId = encrypted_room(&devices[0].client, vec![user_ids[2].clone(), user_ids[4].clone()]).await;
     for d in &devices[1..] {
-        let _ = d.client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await;
+        let _ = d
+            .client
+            .sync_once(SyncSettings::default().timeout(Duration::ZERO))
+            .await;
     }
     for u in [1usize, 2] {
         let dev = devices.iter().find(|d| d.user == u).unwrap();
@@ -64,7 +74,10 @@ async fn churn_leaves_no_message_undecryptable() {
     for round in 0..ROUNDS {
         // The change of this round.
         match round {
-            1 => devices.push(Device { user: 1, client: sdk_login(&server, names[1]).await }),
+            1 => devices.push(Device {
+                user: 1,
+                client: sdk_login(&server, names[1]).await,
+            }),
             2 => {
                 // Ben's first device is removed.
                 let i = devices.iter().position(|d| d.user == 1).unwrap();
@@ -81,14 +94,29 @@ async fn churn_leaves_no_message_undecryptable() {
             4 => {
                 // Cai is invited back and rejoins, with a new device too.
                 let inviter = devices.iter().find(|d| d.user == 0).unwrap();
-                inviter.client.get_room(&room).unwrap().invite_user_by_id(&user_ids[4]).await.expect("invite");
-                devices.push(Device { user: 2, client: sdk_login(&server, names[2]).await });
+                inviter
+                    .client
+                    .get_room(&room)
+                    .unwrap()
+                    .invite_user_by_id(&user_ids[4])
+                    .await
+                    .expect("invite");
+                devices.push(Device {
+                    user: 2,
+                    client: sdk_login(&server, names[2]).await,
+                });
                 let d = devices.iter().find(|d| d.user == 2).unwrap();
-                let _ = d.client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await;
+                let _ = d
+                    .client
+                    .sync_once(SyncSettings::default().timeout(Duration::ZERO))
+                    .await;
                 d.client.join_room_by_id(&room).await.expect("rejoin");
                 joined[2] = true;
             }
-            5 => devices.push(Device { user: 0, client: sdk_login(&server, names[0]).await }),
+            5 => devices.push(Device {
+                user: 0,
+                client: sdk_login(&server, names[0]).await,
+            }),
             _ => {}
         }
         let clients: Vec<&Client> = devices.iter().map(|d| &d.client).collect();
@@ -106,10 +134,13 @@ async fn churn_leaves_no_message_undecryptable() {
                 .response
                 .event_id;
             for d in devices.iter().filter(|d| joined[d.user]) {
-                expected.entry(d.client.device_id().unwrap().to_string()).or_default().push((id.clone(), body.clone()));
+                expected
+                    .entry(d.client.device_id().unwrap().to_string())
+                    .or_default()
+                    .push((id.clone(), body.clone()));
             }
             sent += 1;
-            if sent % 25 == 0 {
+            if sent.is_multiple_of(25) {
                 // Keep everyone roughly current, as live clients are.
                 sync_all(&clients).await;
             }
@@ -122,15 +153,26 @@ async fn churn_leaves_no_message_undecryptable() {
     let mut checked = 0usize;
     for d in &devices {
         for _ in 0..3 {
-            d.client.sync_once(SyncSettings::default().timeout(Duration::from_millis(100))).await.expect("sync");
+            d.client
+                .sync_once(SyncSettings::default().timeout(Duration::from_millis(100)))
+                .await
+                .expect("sync");
         }
-        for (id, body) in expected.get(&d.client.device_id().unwrap().to_string()).into_iter().flatten() {
+        for (id, body) in expected
+            .get(&d.client.device_id().unwrap().to_string())
+            .into_iter()
+            .flatten()
+        {
             checked += 1;
             match decrypted_body(&d.client, &room, id).await {
                 Some(b) if &b == body => {}
                 other => {
                     undecryptable += 1;
-                    eprintln!("device {} of {} could not decrypt {body}: {other:?}", d.client.device_id().unwrap(), names[d.user]);
+                    eprintln!(
+                        "device {} of {} could not decrypt {body}: {other:?}",
+                        d.client.device_id().unwrap(),
+                        names[d.user]
+                    );
                 }
             }
         }

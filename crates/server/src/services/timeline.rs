@@ -144,10 +144,10 @@ impl App {
         {
             unsigned["redacted_because"] = r.pdu.to_client_event(None);
         }
-        if ev.redacted_by.is_none() {
-            if let Some(relations) = self.bundled_relations(ev, viewer).await? {
-                unsigned["m.relations"] = relations;
-            }
+        if ev.redacted_by.is_none()
+            && let Some(relations) = self.bundled_relations(ev, viewer).await?
+        {
+            unsigned["m.relations"] = relations;
         }
         Ok(ev.pdu.to_client_event(Some(unsigned)))
     }
@@ -164,26 +164,25 @@ impl App {
             .iter()
             .rev()
             .find(|(t, s, _)| t == "m.replace" && s == ev.pdu.sender.as_str());
-        if let Some((_, _, id)) = edit {
-            if let Some(e) = self.store.event(id.clone()).await? {
-                out.insert("m.replace".into(), e.pdu.to_client_event(None));
-            }
+        if let Some((_, _, id)) = edit
+            && let Some(e) = self.store.event(id.clone()).await?
+        {
+            out.insert("m.replace".into(), e.pdu.to_client_event(None));
         }
         let thread: Vec<_> = rows.iter().filter(|(t, _, _)| t == "m.thread").collect();
-        if let Some((_, _, latest)) = thread.last() {
-            if let Some(e) = self.store.event(latest.clone()).await? {
-                let participated = viewer.is_some_and(|v| {
-                    ev.pdu.sender == v.user_id || thread.iter().any(|(_, s, _)| s == v.user_id.as_str())
-                });
-                out.insert(
-                    "m.thread".into(),
-                    json!({
-                        "latest_event": e.pdu.to_client_event(None),
-                        "count": thread.len(),
-                        "current_user_participated": participated,
-                    }),
-                );
-            }
+        if let Some((_, _, latest)) = thread.last()
+            && let Some(e) = self.store.event(latest.clone()).await?
+        {
+            let participated = viewer
+                .is_some_and(|v| ev.pdu.sender == v.user_id || thread.iter().any(|(_, s, _)| s == v.user_id.as_str()));
+            out.insert(
+                "m.thread".into(),
+                json!({
+                    "latest_event": e.pdu.to_client_event(None),
+                    "count": thread.len(),
+                    "current_user_participated": participated,
+                }),
+            );
         }
         let refs: Vec<Value> = rows
             .iter()
