@@ -26,7 +26,9 @@ use crate::common::{Raw, TestServer, enc, sdk_client, sdk_login, sync_until};
 pub async fn sync_all(clients: &[&Client]) {
     for _ in 0..2 {
         for c in clients {
-            c.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await.expect("sync");
+            c.sync_once(SyncSettings::default().timeout(Duration::ZERO))
+                .await
+                .expect("sync");
         }
     }
 }
@@ -54,16 +56,25 @@ pub async fn wait_decrypted(client: &Client, room: &RoomId, event: &OwnedEventId
         if Instant::now() > deadline {
             return None;
         }
-        client.sync_once(SyncSettings::default().timeout(Duration::from_millis(200))).await.expect("sync");
+        client
+            .sync_once(SyncSettings::default().timeout(Duration::from_millis(200)))
+            .await
+            .expect("sync");
     }
 }
 
 pub async fn encrypted_room(owner: &Client, invite: Vec<matrix_sdk::ruma::OwnedUserId>) -> OwnedRoomId {
     let mut req = CreateRoom::new();
     req.invite = invite;
-    req.initial_state =
-        vec![InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any()];
-    owner.create_room(req).await.expect("create encrypted room").room_id().to_owned()
+    req.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any(),
+    ];
+    owner
+        .create_room(req)
+        .await
+        .expect("create encrypted room")
+        .room_id()
+        .to_owned()
 }
 
 pub async fn join(client: &Client, room: &RoomId) {
@@ -73,7 +84,11 @@ pub async fn join(client: &Client, room: &RoomId) {
 
 async fn send(client: &Client, room: &RoomId, text: &str) -> OwnedEventId {
     let room = client.get_room(room).expect("room");
-    room.send(RoomMessageEventContent::text_plain(text)).await.expect("send").response.event_id
+    room.send(RoomMessageEventContent::text_plain(text))
+        .await
+        .expect("send")
+        .response
+        .event_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,17 +103,43 @@ async fn encrypted_room_and_dm_decrypt_on_both_sides() {
     let a = send(&alice, &room, "secret from alice").await;
     let b = send(&bob, &room, "secret from bob").await;
     sync_all(&[&alice, &bob]).await;
-    assert_eq!(wait_decrypted(&bob, &room, &a).await.as_deref(), Some("secret from alice"));
-    assert_eq!(wait_decrypted(&alice, &room, &b).await.as_deref(), Some("secret from bob"));
+    assert_eq!(
+        wait_decrypted(&bob, &room, &a).await.as_deref(),
+        Some("secret from alice")
+    );
+    assert_eq!(
+        wait_decrypted(&alice, &room, &b).await.as_deref(),
+        Some("secret from bob")
+    );
 
     // The server only ever saw ciphertext.
-    let raw = Raw { base: server.url.clone(), http: reqwest::Client::new(), token: bob.access_token().unwrap(), user_id: String::new() };
-    let ev = raw.ok("GET", &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room.as_str()), enc(a.as_str())), None).await;
+    let raw = Raw {
+        base: server.url.clone(),
+        http: reqwest::Client::new(),
+        token: bob.access_token().unwrap(),
+        user_id: String::new(),
+    };
+    let ev = raw
+        .ok(
+            "GET",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(room.as_str()),
+                enc(a.as_str())
+            ),
+            None,
+        )
+        .await;
     assert_eq!(ev["type"], "m.room.encrypted");
     assert!(!ev.to_string().contains("secret from alice"));
 
     // A DM (matrix-sdk encrypts DMs by default).
-    let dm = alice.create_dm(bob.user_id().unwrap()).await.expect("dm").room_id().to_owned();
+    let dm = alice
+        .create_dm(bob.user_id().unwrap())
+        .await
+        .expect("dm")
+        .room_id()
+        .to_owned();
     join(&bob, &dm).await;
     sync_all(&[&alice, &bob]).await;
     let d = send(&alice, &dm, "just between us").await;
@@ -117,25 +158,50 @@ async fn a_new_device_decrypts_and_a_removed_device_is_forgotten() {
 
     let m = send(&alice, &room, "to both of bob's devices").await;
     sync_all(&[&alice, &bob1, &bob2]).await;
-    assert_eq!(wait_decrypted(&bob1, &room, &m).await.as_deref(), Some("to both of bob's devices"));
-    assert_eq!(wait_decrypted(&bob2, &room, &m).await.as_deref(), Some("to both of bob's devices"));
+    assert_eq!(
+        wait_decrypted(&bob1, &room, &m).await.as_deref(),
+        Some("to both of bob's devices")
+    );
+    assert_eq!(
+        wait_decrypted(&bob2, &room, &m).await.as_deref(),
+        Some("to both of bob's devices")
+    );
 
     // Bob removes his second device: it disappears from his key list and its token dies.
     let gone = bob2.device_id().unwrap().to_owned();
     let token2 = bob2.access_token().unwrap();
     bob2.logout().await.expect("logout");
-    let raw = Raw { base: server.url.clone(), http: reqwest::Client::new(), token: alice.access_token().unwrap(), user_id: String::new() };
-    let keys = raw.ok("POST", "/_matrix/client/v3/keys/query", Some(json!({ "device_keys": { bob1.user_id().unwrap().to_string(): [] } }))).await;
-    let devices = keys["device_keys"][bob1.user_id().unwrap().as_str()].as_object().unwrap();
+    let raw = Raw {
+        base: server.url.clone(),
+        http: reqwest::Client::new(),
+        token: alice.access_token().unwrap(),
+        user_id: String::new(),
+    };
+    let keys = raw
+        .ok(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            Some(json!({ "device_keys": { bob1.user_id().unwrap().to_string(): [] } })),
+        )
+        .await;
+    let devices = keys["device_keys"][bob1.user_id().unwrap().as_str()]
+        .as_object()
+        .unwrap();
     assert!(!devices.contains_key(gone.as_str()), "removed device still listed");
     assert!(devices.contains_key(bob1.device_id().unwrap().as_str()));
-    let dead = Raw { token: token2, ..raw.clone() };
+    let dead = Raw {
+        token: token2,
+        ..raw.clone()
+    };
     assert_eq!(dead.call("GET", "/_matrix/client/v3/sync", None).await.status, 401);
 
     sync_all(&[&alice, &bob1]).await;
     let after = send(&alice, &room, "after removal").await;
     sync_all(&[&alice, &bob1]).await;
-    assert_eq!(wait_decrypted(&bob1, &room, &after).await.as_deref(), Some("after removal"));
+    assert_eq!(
+        wait_decrypted(&bob1, &room, &after).await.as_deref(),
+        Some("after removal")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,12 +213,26 @@ async fn messages_sent_while_offline_decrypt_even_after_one_time_keys_run_out() 
     let bob_device = bob.device_id().unwrap().to_owned();
 
     // Exhaust Bob's one-time keys by claiming them all, as other devices could have.
-    let raw = Raw { base: server.url.clone(), http: reqwest::Client::new(), token: alice.access_token().unwrap(), user_id: String::new() };
+    let raw = Raw {
+        base: server.url.clone(),
+        http: reqwest::Client::new(),
+        token: alice.access_token().unwrap(),
+        user_id: String::new(),
+    };
     for _ in 0..200 {
         let r = raw
-            .ok("POST", "/_matrix/client/v3/keys/claim", Some(json!({ "one_time_keys": { bob_id.to_string(): { bob_device.to_string(): "signed_curve25519" } } })))
+            .ok(
+                "POST",
+                "/_matrix/client/v3/keys/claim",
+                Some(
+                    json!({ "one_time_keys": { bob_id.to_string(): { bob_device.to_string(): "signed_curve25519" } } }),
+                ),
+            )
             .await;
-        let got = r["one_time_keys"][bob_id.as_str()][bob_device.as_str()].as_object().cloned().unwrap_or_default();
+        let got = r["one_time_keys"][bob_id.as_str()][bob_device.as_str()]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         if got.keys().any(|k| k.starts_with("signed_curve25519:")) && got.values().any(|v| v["fallback"] == true) {
             break;
         }
@@ -160,18 +240,34 @@ async fn messages_sent_while_offline_decrypt_even_after_one_time_keys_run_out() 
 
     // Bob goes offline (does not sync) while Alice creates a room, invites him and sends.
     let room = encrypted_room(&alice, vec![bob_id.clone()]).await;
-    let raw_bob = Raw { token: bob.access_token().unwrap(), ..raw.clone() };
-    raw_bob.ok("POST", &format!("/_matrix/client/v3/join/{}", enc(room.as_str())), Some(json!({}))).await;
+    let raw_bob = Raw {
+        token: bob.access_token().unwrap(),
+        ..raw.clone()
+    };
+    raw_bob
+        .ok(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", enc(room.as_str())),
+            Some(json!({})),
+        )
+        .await;
     sync_all(&[&alice]).await;
     let mut sent = vec![];
     for i in 0..5 {
-        sent.push((send(&alice, &room, &format!("while you were away {i}")).await, format!("while you were away {i}")));
+        sent.push((
+            send(&alice, &room, &format!("while you were away {i}")).await,
+            format!("while you were away {i}"),
+        ));
     }
 
     // Bob comes back and decrypts everything.
     sync_all(&[&bob]).await;
     for (id, body) in &sent {
-        assert_eq!(wait_decrypted(&bob, &room, id).await.as_ref(), Some(body), "offline message undecryptable");
+        assert_eq!(
+            wait_decrypted(&bob, &room, id).await.as_ref(),
+            Some(body),
+            "offline message undecryptable"
+        );
     }
 }
 
@@ -192,7 +288,13 @@ async fn concurrent_claims_never_hand_out_a_one_time_key_twice() {
             let mut keys = vec![];
             for _ in 0..15 {
                 let r = c
-                    .ok("POST", "/_matrix/client/v3/keys/claim", Some(json!({ "one_time_keys": { bob_id.clone(): { bob_device.clone(): "signed_curve25519" } } })))
+                    .ok(
+                        "POST",
+                        "/_matrix/client/v3/keys/claim",
+                        Some(
+                            json!({ "one_time_keys": { bob_id.clone(): { bob_device.clone(): "signed_curve25519" } } }),
+                        ),
+                    )
                     .await;
                 if let Some(obj) = r["one_time_keys"][&bob_id][&bob_device].as_object() {
                     for (id, key) in obj {

@@ -18,10 +18,19 @@ use crate::{
 async fn bootstrap(client: &Client, username: &str) {
     if let Err(e) = client.encryption().bootstrap_cross_signing(None).await {
         // The server may ask for the password (user-interactive auth).
-        let Some(uiaa) = e.as_uiaa_response() else { panic!("bootstrap cross-signing: {e}") };
-        let mut pw = uiaa::Password::new(uiaa::UserIdentifier::Matrix(uiaa::MatrixUserIdentifier::new(username.to_owned())), password(username));
+        let Some(uiaa) = e.as_uiaa_response() else {
+            panic!("bootstrap cross-signing: {e}")
+        };
+        let mut pw = uiaa::Password::new(
+            uiaa::UserIdentifier::Matrix(uiaa::MatrixUserIdentifier::new(username.to_owned())),
+            password(username),
+        );
         pw.session = uiaa.session.clone();
-        client.encryption().bootstrap_cross_signing(Some(uiaa::AuthData::Password(pw))).await.expect("bootstrap with auth");
+        client
+            .encryption()
+            .bootstrap_cross_signing(Some(uiaa::AuthData::Password(pw)))
+            .await
+            .expect("bootstrap with auth");
     }
 }
 
@@ -33,7 +42,9 @@ async fn until(clients: &[&Client], what: &str, mut check: impl AsyncFnMut() -> 
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         for c in clients {
-            c.sync_once(SyncSettings::default().timeout(Duration::from_millis(100))).await.expect("sync");
+            c.sync_once(SyncSettings::default().timeout(Duration::from_millis(100)))
+                .await
+                .expect("sync");
         }
     }
 }
@@ -81,19 +92,36 @@ async fn cross_signing_and_sas_verification() {
     .await;
     let bob_sas = bob_sas.unwrap();
     bob_sas.accept().await.expect("bob accepts");
-    until(&[&alice, &bob], "emojis on both sides", async || alice_sas.emoji().is_some() && bob_sas.emoji().is_some())
-        .await;
+    until(&[&alice, &bob], "emojis on both sides", async || {
+        alice_sas.emoji().is_some() && bob_sas.emoji().is_some()
+    })
+    .await;
     let a: Vec<_> = alice_sas.emoji().unwrap().iter().map(|e| e.symbol).collect();
     let b: Vec<_> = bob_sas.emoji().unwrap().iter().map(|e| e.symbol).collect();
     assert_eq!(a, b, "both sides show the same emojis");
     alice_sas.confirm().await.expect("alice confirms");
     bob_sas.confirm().await.expect("bob confirms");
-    until(&[&alice, &bob], "verification done", async || alice_sas.is_done() && bob_sas.is_done()).await;
+    until(&[&alice, &bob], "verification done", async || {
+        alice_sas.is_done() && bob_sas.is_done()
+    })
+    .await;
 
     // Each sees the other as verified.
     until(&[&alice, &bob], "verified identities", async || {
-        let a_sees = alice.encryption().get_user_identity(&bob_id).await.ok().flatten().is_some_and(|i| i.is_verified());
-        let b_sees = bob.encryption().get_user_identity(&alice_id).await.ok().flatten().is_some_and(|i| i.is_verified());
+        let a_sees = alice
+            .encryption()
+            .get_user_identity(&bob_id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|i| i.is_verified());
+        let b_sees = bob
+            .encryption()
+            .get_user_identity(&alice_id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|i| i.is_verified());
         a_sees && b_sees
     })
     .await;
@@ -103,7 +131,12 @@ async fn cross_signing_and_sas_verification() {
 async fn key_backup_restores_history_on_a_new_device() {
     let server = TestServer::start().await;
     let alice = sdk_client(&server, "alice").await;
-    let recovery_key = alice.encryption().recovery().enable().await.expect("enable recovery and backup");
+    let recovery_key = alice
+        .encryption()
+        .recovery()
+        .enable()
+        .await
+        .expect("enable recovery and backup");
     let room = encrypted_room(&alice, vec![]).await;
     sync_all(&[&alice]).await;
     let mut sent: Vec<(OwnedEventId, String)> = vec![];
@@ -118,7 +151,12 @@ async fn key_backup_restores_history_on_a_new_device() {
             .event_id;
         sent.push((id, body));
     }
-    alice.encryption().backups().wait_for_steady_state().await.expect("backup uploaded");
+    alice
+        .encryption()
+        .backups()
+        .wait_for_steady_state()
+        .await
+        .expect("backup uploaded");
 
     // A fresh device, with no keys of its own for that history.
     let fresh = Client::builder()
@@ -130,13 +168,32 @@ async fn key_backup_restores_history_on_a_new_device() {
         .build()
         .await
         .expect("client");
-    fresh.matrix_auth().login_username("alice", &password("alice")).send().await.expect("login");
+    fresh
+        .matrix_auth()
+        .login_username("alice", &password("alice"))
+        .send()
+        .await
+        .expect("login");
     fresh.sync_once(SyncSettings::default()).await.expect("sync");
     for (id, _) in &sent {
-        assert_eq!(decrypted_body(&fresh, &room, id).await, None, "a fresh device cannot decrypt before recovery");
+        assert_eq!(
+            decrypted_body(&fresh, &room, id).await,
+            None,
+            "a fresh device cannot decrypt before recovery"
+        );
     }
-    fresh.encryption().recovery().recover(&recovery_key).await.expect("recover");
-    fresh.encryption().backups().download_room_keys_for_room(&room).await.expect("download keys");
+    fresh
+        .encryption()
+        .recovery()
+        .recover(&recovery_key)
+        .await
+        .expect("recover");
+    fresh
+        .encryption()
+        .backups()
+        .download_room_keys_for_room(&room)
+        .await
+        .expect("download keys");
     for (id, body) in &sent {
         let mut got = None;
         until(&[&fresh], "a restored key", async || {
