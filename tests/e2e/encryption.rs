@@ -315,3 +315,78 @@ async fn concurrent_claims_never_hand_out_a_one_time_key_twice() {
     assert!(!all.is_empty(), "some one-time keys were claimed");
     assert_eq!(unique.len(), all.len(), "a one-time key was handed out twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_image_is_sent_downloaded_and_decrypted() {
+    use matrix_sdk::{
+        attachment::AttachmentConfig,
+        media::{MediaFormat, MediaRequestParameters},
+        ruma::events::room::{MediaSource, message::MessageType},
+    };
+
+    let server = TestServer::start().await;
+    let alice = sdk_client(&server, "alice").await;
+    let bob = sdk_client(&server, "bob").await;
+    let room = encrypted_room(&alice, vec![bob.user_id().unwrap().to_owned()]).await;
+    join(&bob, &room).await;
+    sync_all(&[&alice, &bob]).await;
+
+    // Any bytes will do: the server never sees them in clear.
+    let image: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sent = alice
+        .get_room(&room)
+        .unwrap()
+        .send_attachment("photo.png", &mime::IMAGE_PNG, image.clone(), AttachmentConfig::new())
+        .await
+        .expect("send attachment")
+        .event_id;
+    sync_all(&[&alice, &bob]).await;
+
+    let ev = bob.get_room(&room).unwrap().event(&sent, None).await.expect("event");
+    let TimelineEventKind::Decrypted(d) = &ev.kind else {
+        panic!("Bob cannot decrypt the image event")
+    };
+    let content: matrix_sdk::ruma::events::room::message::RoomMessageEventContent =
+        serde_json::from_value(d.event.deserialize_as::<Value>().unwrap()["content"].clone()).unwrap();
+    let MessageType::Image(img) = content.msgtype else {
+        panic!("not an image")
+    };
+    let MediaSource::Encrypted(file) = img.source else {
+        panic!("the image is not encrypted")
+    };
+    // The ciphertext on the server differs from the image.
+    let raw = Raw {
+        base: server.url.clone(),
+        http: reqwest::Client::new(),
+        token: bob.access_token().unwrap(),
+        user_id: String::new(),
+    };
+    let (srv, id) = (
+        file.url.server_name().unwrap().to_string(),
+        file.url.media_id().unwrap().to_owned(),
+    );
+    let cipher = raw
+        .http
+        .get(format!("{}/_matrix/client/v1/media/download/{srv}/{id}", server.url))
+        .bearer_auth(&raw.token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(cipher.len(), image.len());
+    assert_ne!(cipher.as_ref(), image.as_slice());
+    let plain = bob
+        .media()
+        .get_media_content(
+            &MediaRequestParameters {
+                source: MediaSource::Encrypted(file),
+                format: MediaFormat::File,
+            },
+            false,
+        )
+        .await
+        .expect("download and decrypt");
+    assert_eq!(plain, image);
+}
