@@ -9,9 +9,9 @@ use axum::{
 };
 use http::{HeaderValue, Method, StatusCode, header};
 use ruma::api::client::{
-    account, alias, backup, config, context, device, directory, discovery, filter, keys, membership, message, presence,
-    profile, read_marker, receipt, redact, relations, room, session, state, sync::sync_events, tag, threads, to_device,
-    typing,
+    account, alias, backup, config, context, dehydrated_device, device, directory, discovery, filter, keys, membership,
+    message, presence, profile, read_marker, receipt, redact, relations, room, session, state, sync::sync_events, tag,
+    threads, to_device, typing,
 };
 
 use crate::{App, Error, api::client as c, ruma_wrapper::RouterExt};
@@ -112,6 +112,11 @@ pub fn router(app: App) -> Router {
         .ruma::<keys::upload_signing_keys::v3::Request, _, _>(c::keys::upload_signing)
         .ruma::<keys::upload_signatures::v3::Request, _, _>(c::keys::upload_signatures)
         .ruma::<to_device::send_event_to_device::v3::Request, _, _>(c::to_device::send)
+        // MSC3814 dehydrated devices
+        .ruma::<dehydrated_device::put_dehydrated_device::unstable::Request, _, _>(c::dehydrated_device::put)
+        .ruma::<dehydrated_device::get_dehydrated_device::unstable::Request, _, _>(c::dehydrated_device::get)
+        .ruma::<dehydrated_device::delete_dehydrated_device::unstable::Request, _, _>(c::dehydrated_device::delete)
+        .ruma::<dehydrated_device::get_events::unstable::Request, _, _>(c::dehydrated_device::events)
         // Server-side key backup
         .ruma::<backup::create_backup_version::v3::Request, _, _>(c::backup::create_version)
         .ruma::<backup::get_latest_backup_info::v3::Request, _, _>(c::backup::latest_version)

@@ -113,6 +113,9 @@ pub struct KeyCounts {
     pub unused_fallback: Vec<String>,
 }
 
+/// How long a to-device transaction ID is remembered for idempotent retries.
+const TXN_LIFETIME_MS: i64 = 24 * 3600 * 1000;
+
 /// Records that `user`'s devices or keys changed, at a fresh position.
 pub(crate) fn record_device_change(
     tx: &Transaction,
@@ -129,8 +132,9 @@ pub(crate) fn record_device_change(
 }
 
 /// Deletes everything end-to-end encryption keeps for a device: its keys,
-/// signatures on them and its pending to-device messages. The caller
-/// records the device-list change.
+/// signatures on them, its pending to-device messages and the transaction
+/// IDs it sent with, and its dehydrated-device record if it is one. The
+/// caller records the device-list change.
 pub(crate) fn delete_device_e2ee(tx: &Transaction, user: &str, device: &str) -> rusqlite::Result<()> {
     for sql in [
         "DELETE FROM device_keys WHERE user_id = ?1 AND device_id = ?2",
@@ -138,10 +142,64 @@ pub(crate) fn delete_device_e2ee(tx: &Transaction, user: &str, device: &str) -> 
         "DELETE FROM fallback_keys WHERE user_id = ?1 AND device_id = ?2",
         "DELETE FROM key_signatures WHERE target_user = ?1 AND target_key = ?2",
         "DELETE FROM to_device WHERE user_id = ?1 AND device_id = ?2",
+        "DELETE FROM to_device_txns WHERE sender = ?1 AND sender_device = ?2",
+        "DELETE FROM dehydrated_devices WHERE user_id = ?1 AND device_id = ?2",
     ] {
         tx.execute(sql, params![user, device])?;
     }
     Ok(())
+}
+
+/// Stores a device's keys in a write transaction (see [`Store::upload_keys`]).
+pub(crate) fn store_keys(tx: &Transaction, positions: &mut Positions, up: &KeyUpload) -> Result<KeyCounts> {
+    let (user, device) = (up.user_id.as_str(), up.device_id.as_str());
+    if let Some(json) = &up.device_keys {
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT json FROM device_keys WHERE user_id = ?1 AND device_id = ?2",
+                params![user, device],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if old.as_deref() != Some(json.as_str()) {
+            tx.execute(
+                "INSERT INTO device_keys (user_id, device_id, json) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET json = excluded.json",
+                params![user, device, json],
+            )?;
+            record_device_change(tx, positions, user, None)?;
+        }
+    }
+    for k in &up.one_time_keys {
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT json FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3 AND key_id = ?4",
+                params![user, device, k.algorithm, k.key_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match old {
+            Some(o) if o == k.json => {}
+            Some(_) => return Err(StoreError::Exists),
+            None => {
+                tx.execute(
+                    "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, json) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![user, device, k.algorithm, k.key_id, k.json],
+                )?;
+            }
+        }
+    }
+    for k in &up.fallback_keys {
+        // Re-uploading the current fallback key keeps its used flag;
+        // a new one replaces it, unused.
+        tx.execute(
+            "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, json, used) VALUES (?1, ?2, ?3, ?4, ?5, 0) \
+             ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET key_id = excluded.key_id, json = excluded.json, used = 0 \
+             WHERE fallback_keys.key_id != excluded.key_id OR fallback_keys.json != excluded.json",
+            params![user, device, k.algorithm, k.key_id, k.json],
+        )?;
+    }
+    Ok(key_counts(tx, user, device)?)
 }
 
 fn key_counts(c: &Connection, user: &str, device: &str) -> rusqlite::Result<KeyCounts> {
@@ -258,57 +316,7 @@ impl Store {
     /// refused with [`StoreError::Exists`] and nothing is stored.
     /// Returns the device's key counts afterwards.
     pub async fn upload_keys(&self, up: KeyUpload) -> Result<KeyCounts> {
-        self.write(move |tx, positions| {
-            let (user, device) = (up.user_id.as_str(), up.device_id.as_str());
-            if let Some(json) = &up.device_keys {
-                let old: Option<String> = tx
-                    .query_row(
-                        "SELECT json FROM device_keys WHERE user_id = ?1 AND device_id = ?2",
-                        params![user, device],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if old.as_deref() != Some(json.as_str()) {
-                    tx.execute(
-                        "INSERT INTO device_keys (user_id, device_id, json) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT (user_id, device_id) DO UPDATE SET json = excluded.json",
-                        params![user, device, json],
-                    )?;
-                    record_device_change(tx, positions, user, None)?;
-                }
-            }
-            for k in &up.one_time_keys {
-                let old: Option<String> = tx
-                    .query_row(
-                        "SELECT json FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3 AND key_id = ?4",
-                        params![user, device, k.algorithm, k.key_id],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                match old {
-                    Some(o) if o == k.json => {}
-                    Some(_) => return Err(StoreError::Exists),
-                    None => {
-                        tx.execute(
-                            "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, json) VALUES (?1, ?2, ?3, ?4, ?5)",
-                            params![user, device, k.algorithm, k.key_id, k.json],
-                        )?;
-                    }
-                }
-            }
-            for k in &up.fallback_keys {
-                // Re-uploading the current fallback key keeps its used flag;
-                // a new one replaces it, unused.
-                tx.execute(
-                    "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, json, used) VALUES (?1, ?2, ?3, ?4, ?5, 0) \
-                     ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET key_id = excluded.key_id, json = excluded.json, used = 0 \
-                     WHERE fallback_keys.key_id != excluded.key_id OR fallback_keys.json != excluded.json",
-                    params![user, device, k.algorithm, k.key_id, k.json],
-                )?;
-            }
-            Ok(key_counts(tx, user, device)?)
-        })
-        .await
+        self.write(move |tx, positions| store_keys(tx, positions, &up)).await
     }
 
     /// The device's stored keys (canonical JSON), if it uploaded any.
@@ -390,10 +398,31 @@ impl Store {
     }
 
     /// Replaces some of a user's cross-signing keys; a device-list change
-    /// when anything differs.
+    /// when anything differs. A new master key also drops the stored
+    /// self-signing and user-signing keys it does not come with: they were
+    /// signed by the old one.
     pub async fn set_cross_signing_keys(&self, user_id: String, keys: Vec<CrossSigningKeyRow>) -> Result<()> {
         self.write(move |tx, positions| {
             let mut changed = false;
+            if let Some(master) = keys.iter().find(|k| k.key_type == "master") {
+                let old: Option<String> = tx
+                    .query_row(
+                        "SELECT public_key FROM cross_signing_keys WHERE user_id = ?1 AND key_type = 'master'",
+                        [&user_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if old.is_some_and(|o| o != master.public_key) {
+                    for kind in ["self_signing", "user_signing"] {
+                        if !keys.iter().any(|k| k.key_type == kind) {
+                            changed |= tx.execute(
+                                "DELETE FROM cross_signing_keys WHERE user_id = ?1 AND key_type = ?2",
+                                params![user_id, kind],
+                            )? > 0;
+                        }
+                    }
+                }
+            }
             for k in &keys {
                 changed |= tx.execute(
                     "INSERT INTO cross_signing_keys (user_id, key_type, public_key, json) VALUES (?1, ?2, ?3, ?4) \
@@ -523,6 +552,11 @@ impl Store {
             if !fresh {
                 return Ok(false);
             }
+            // Retries come within minutes; a day later the ID can go.
+            tx.execute(
+                "DELETE FROM to_device_txns WHERE sender = ?1 AND sender_device = ?2 AND ts < ?3",
+                params![sender, sender_device, now_ms() - TXN_LIFETIME_MS],
+            )?;
             let mut pos = None;
             let mut devices_of = tx.prepare_cached("SELECT device_id FROM devices WHERE user_id = ?1")?;
             let mut insert = tx.prepare_cached(
@@ -611,12 +645,6 @@ impl Store {
             Ok(())
         })
         .await
-    }
-
-    /// Forgets transaction IDs of to-device sends older than `before_ms`.
-    pub async fn prune_to_device_txns(&self, before_ms: i64) -> Result<usize> {
-        self.write(move |tx, _| Ok(tx.execute("DELETE FROM to_device_txns WHERE ts < ?1", [before_ms])?))
-            .await
     }
 }
 

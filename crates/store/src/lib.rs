@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod backup;
+pub mod dehydrated;
 pub mod e2ee;
 mod events;
 pub mod media;

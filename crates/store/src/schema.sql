@@ -226,6 +226,13 @@ CREATE TABLE IF NOT EXISTS backup_keys (
     json TEXT NOT NULL,
     PRIMARY KEY (user_id, version, room_id, session_id)
 );
+-- MSC3814 dehydrated devices: at most one per user; the device itself is a
+-- row in devices (without tokens), so it has keys and gets to-device messages.
+CREATE TABLE IF NOT EXISTS dehydrated_devices (
+    user_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    device_data TEXT NOT NULL
+);
 -- The content repository: one row per local media ID (see media.rs). The
 -- bytes are in the media backend under their SHA-256; a reserved ID
 -- (/media/v1/create) has no sha256 until its upload, and lapses at expires_ts.

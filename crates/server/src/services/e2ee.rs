@@ -41,7 +41,7 @@ fn object(json: &str) -> Result<CanonicalJsonObject> {
     serde_json::from_str(json).map_err(|e| Error::bad_json(format!("Invalid key object: {e}")))
 }
 
-fn canonical_string(obj: &CanonicalJsonObject) -> Result<String> {
+pub(crate) fn canonical_string(obj: &CanonicalJsonObject) -> Result<String> {
     serde_json::to_string(obj).map_err(|e| Error::Internal(e.to_string()))
 }
 
@@ -101,7 +101,7 @@ pub fn verify_signature(object: &CanonicalJsonObject, signer: &str, key_id: &str
 }
 
 /// The ed25519 key a device signs with, from its keys object.
-fn device_ed25519(device_keys: &CanonicalJsonObject, device_id: &str) -> Option<String> {
+pub(crate) fn device_ed25519(device_keys: &CanonicalJsonObject, device_id: &str) -> Option<String> {
     get_obj(device_keys, "keys")
         .and_then(|k| get_str(k, &format!("ed25519:{device_id}")))
         .map(str::to_owned)
@@ -250,7 +250,7 @@ impl App {
 
     /// Checks uploaded device keys: owner, shape and self-signature.
     /// Returns them without `unsigned`.
-    fn check_device_keys(&self, json: &str, user: &UserId, device: &str) -> Result<CanonicalJsonObject> {
+    pub(crate) fn check_device_keys(&self, json: &str, user: &UserId, device: &str) -> Result<CanonicalJsonObject> {
         serde_json::from_str::<ruma::encryption::DeviceKeys>(json)
             .map_err(|e| Error::bad_json(format!("Invalid device_keys: {e}")))?;
         let mut obj = object(json)?;
@@ -635,7 +635,7 @@ impl App {
 
 /// Checks uploaded one-time or fallback keys; signed ones must carry the
 /// device's signature when its ed25519 key is known.
-fn check_one_time_keys(
+pub(crate) fn check_one_time_keys(
     keys: &BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
     user: &str,
     device: &str,

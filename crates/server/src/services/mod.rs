@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod backup;
 pub mod create_room;
+pub mod dehydrated;
 pub mod e2ee;
 pub mod media;
 pub mod membership;
