@@ -261,3 +261,43 @@ async fn malformed_login_is_bad_json_not_a_dropped_connection() {
         assert_eq!((r.status, r.errcode()), (400, "M_BAD_JSON"), "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_and_sends_are_rate_limited() {
+    let server = TestServer::start_with(&[("MISSIVE_RATE_LIMITS", "on")]).await;
+    let alice = Raw::register(&server, "alice").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/_matrix/client/v3/login", server.url);
+    let mut limited = None;
+    for _ in 0..15 {
+        let r = request(
+            &http,
+            "POST",
+            &url,
+            None,
+            Some(RawBody::Json(json!({
+                "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "guess"
+            }))),
+        )
+        .await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 403);
+    }
+    let r = limited.expect("password guessing is rate limited");
+    assert_eq!(r.errcode(), "M_LIMIT_EXCEEDED");
+    assert!(r.body["retry_after_ms"].as_u64().unwrap() > 0);
+
+    let room = alice.create_room(json!({})).await;
+    let mut statuses = vec![];
+    for i in 0..80 {
+        statuses.push(alice.send_text(&room, &format!("flood{i}"), "flood").await.status);
+    }
+    assert!(statuses.contains(&429), "a flood of sends is rate limited");
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() >= 50,
+        "the burst goes through"
+    );
+}

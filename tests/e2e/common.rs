@@ -53,6 +53,8 @@ impl TestServer {
             .env("MISSIVE_DATA_DIR", self.data.path())
             .env("MISSIVE_SERVER_NAME", "localhost")
             .env("MISSIVE_REGISTRATION", "open")
+            // Load tests would trip the limits; the rate-limit test turns them on.
+            .env("MISSIVE_RATE_LIMITS", "off")
             .env(
                 "MISSIVE_LOG",
                 std::env::var("MISSIVE_TEST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -18,3 +18,16 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         .map_err(anyhow::Error::msg)?;
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The documented example must stay a valid configuration.
+    #[test]
+    fn example_configuration_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../missive.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config: missive_server::Config = toml::from_str(&text).expect("missive.example.toml parses");
+        assert_eq!(config.server_name, "localhost");
+        assert!(config.rate_limits.enabled);
+    }
+}

@@ -66,6 +66,9 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_env("MISSIVE_LOG").unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
         )
         .init();
+    // Panics are caught per request (a 500 or, for ruma's parsers, a 400);
+    // log them through tracing rather than as raw stderr text.
+    std::panic::set_hook(Box::new(|info| tracing::warn!(panic = %info, "caught a panic")));
     let config = config::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

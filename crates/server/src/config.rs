@@ -61,6 +61,8 @@ pub struct Config {
     pub turn_shared_secret: Option<String>,
     /// How long TURN credentials stay valid, in seconds.
     pub turn_ttl_secs: u64,
+    /// Rate limits on login, registration and sends (`[rate_limits]` table).
+    pub rate_limits: crate::services::ratelimit::RateLimits,
     /// Largest media upload, in bytes (reported to clients by `/media/config`).
     /// Uploads are bounded by this instead of `max_request_bytes`.
     pub max_upload_bytes: usize,
@@ -87,6 +89,7 @@ impl Default for Config {
             turn_uris: vec![],
             turn_shared_secret: None,
             turn_ttl_secs: 86_400,
+            rate_limits: Default::default(),
             max_upload_bytes: 100 * 1024 * 1024,
             unauthenticated_media: false,
         }
@@ -134,6 +137,9 @@ impl Config {
         }
         if let Some(v) = get("MISSIVE_TURN_SHARED_SECRET") {
             self.turn_shared_secret = Some(v);
+        }
+        if let Some(v) = get("MISSIVE_RATE_LIMITS") {
+            self.rate_limits.enabled = !matches!(v.as_str(), "0" | "false" | "off" | "no");
         }
         if let Some(v) = get("MISSIVE_PRESENCE") {
             self.presence = matches!(v.as_str(), "1" | "true" | "on" | "yes");

@@ -36,6 +36,7 @@ pub struct AppInner {
     pub room_locks: RoomLocks,
     pub uia: UiaSessions,
     pub media: Media,
+    pub rate_limiter: services::ratelimit::RateLimiter,
 }
 
 impl Deref for App {
@@ -74,6 +75,7 @@ impl App {
             room_locks: RoomLocks::default(),
             uia: UiaSessions::default(),
             media,
+            rate_limiter: Default::default(),
         })))
     }
 

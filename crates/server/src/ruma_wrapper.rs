@@ -60,6 +60,8 @@ pub struct Ruma<R> {
     pub session: Option<Session>,
     /// The raw JSON body, for the few endpoints that need fields ruma drops.
     pub raw_body: bytes::Bytes,
+    /// The peer's address, for per-client rate limits.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl<R> Ruma<R> {
@@ -117,6 +119,10 @@ where
     /// Authenticates and parses a request whose body is of the given kind.
     pub async fn extract(req: Request, app: &App, kind: BodyKind) -> Result<Self> {
         let (mut parts, body) = req.into_parts();
+        let client_ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
         let params = RawPathParams::from_request_parts(&mut parts, app)
             .await
             .map_err(|e| Error::invalid_param(e.to_string()))?;
@@ -167,6 +173,7 @@ where
         Ok(Ruma {
             body,
             session,
+            client_ip,
             // An upload is in the parsed request already; no second copy.
             raw_body: match kind {
                 BodyKind::Json => bytes,

@@ -8,6 +8,7 @@ pub mod e2ee;
 pub mod media;
 pub mod membership;
 pub mod presence;
+pub mod ratelimit;
 pub mod rooms;
 pub mod sync;
 pub mod thumbnail;

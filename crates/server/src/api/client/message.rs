@@ -24,6 +24,7 @@ use crate::{
     api::client::state::readable_state,
     ruma_wrapper::Ruma,
     services::{
+        ratelimit::Action,
         rooms::content_object,
         timeline::{filter_allows, parse_position, position_token},
     },
@@ -37,6 +38,8 @@ fn raw<T>(v: &Value) -> Result<Raw<T>> {
 
 pub async fn send(app: App, req: Ruma<send_message_event::v3::Request>) -> Result<send_message_event::v3::Response> {
     let s = req.session()?.clone();
+    app.rate_limiter
+        .check(&app.config.rate_limits, Action::Send, s.user_id.as_str())?;
     let content = content_object(req.body.body.json())?;
     let kind: TimelineEventType = req.body.event_type.to_string().into();
     if kind == TimelineEventType::RoomRedaction {

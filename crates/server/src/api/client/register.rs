@@ -8,6 +8,7 @@ use crate::{
     ruma_wrapper::Ruma,
     services::{
         accounts::{random_string, validate_localpart},
+        ratelimit::Action,
         uia,
     },
 };
@@ -20,6 +21,9 @@ pub async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<regi
         Registration::Token => &[&[uia::REGISTRATION_TOKEN]],
         Registration::Open => &[&[uia::DUMMY]],
     };
+    let ip = req.client_ip.map(|i| i.to_string()).unwrap_or_default();
+    app.rate_limiter
+        .check(&app.config.rate_limits, Action::Registration, &ip)?;
     if req.body.kind == register::RegistrationKind::Guest {
         return Err(Error::Matrix {
             status: http::StatusCode::FORBIDDEN,

@@ -6,7 +6,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{App, Error, Result, ruma_wrapper::Ruma};
+use crate::{App, Error, Result, ruma_wrapper::Ruma, services::ratelimit::Action};
 
 pub async fn login_types(_app: App, _req: Ruma<get_login_types::v3::Request>) -> Result<get_login_types::v3::Response> {
     use get_login_types::v3::{LoginType, PasswordLoginType};
@@ -16,6 +16,8 @@ pub async fn login_types(_app: App, _req: Ruma<get_login_types::v3::Request>) ->
 }
 
 pub async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
+    let ip = req.client_ip.map(|i| i.to_string()).unwrap_or_default();
+    app.rate_limiter.check(&app.config.rate_limits, Action::Login, &ip)?;
     // The body's identifier is read as JSON: the spec also allows the legacy `user` field.
     let body: Value = serde_json::from_slice(&req.raw_body).map_err(|e| Error::not_json(e.to_string()))?;
     if body.get("type").and_then(Value::as_str) != Some("m.login.password") {
