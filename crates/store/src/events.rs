@@ -12,9 +12,10 @@ use crate::{Direction, Membership, NewRoomEvent, Result, RoomRow, StoreError, St
 /// A delta chain longer than this is cut by a full snapshot, bounding reads.
 const MAX_CHAIN: i64 = 32;
 
-const EVENT_COLS: &str = "stream_pos, event_id, room_id, json, unsigned, state_group, redacted_by, txn_device, txn_id";
+pub(crate) const EVENT_COLS: &str =
+    "stream_pos, event_id, room_id, json, unsigned, state_group, redacted_by, txn_device, txn_id";
 
-fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+pub(crate) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     let event_id: String = r.get(1)?;
     let room_id: String = r.get(2)?;
     let json: String = r.get(3)?;
@@ -168,6 +169,7 @@ impl Store {
                 rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => StoreError::Exists,
                 e => e.into(),
             })?;
+            crate::search::index_event(tx, pos, pdu)?;
             for p in &pdu.prev_events {
                 tx.execute("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2", params![room_id, p.as_str()])?;
             }
@@ -508,6 +510,7 @@ impl Store {
     /// Replaces an event's stored JSON by its redacted form.
     pub async fn redact_event(&self, event_id: String, redacted_json: String, redacted_by: String) -> Result<()> {
         self.write(move |tx, _| {
+            crate::search::unindex_event(tx, &event_id)?;
             tx.execute(
                 "UPDATE events SET json = ?2, redacted_by = ?3, rel_type = NULL, relates_to = NULL WHERE event_id = ?1",
                 params![event_id, redacted_json, redacted_by],

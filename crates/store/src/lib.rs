@@ -9,10 +9,12 @@
 pub mod accounts;
 pub mod backup;
 pub mod dehydrated;
+pub mod directory;
 pub mod e2ee;
 mod events;
 pub mod media;
 mod misc;
+pub mod search;
 mod sqlite;
 pub mod types;
 

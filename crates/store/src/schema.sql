@@ -248,3 +248,27 @@ CREATE TABLE IF NOT EXISTS media (
     quarantined INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS media_pending ON media (uploader, expires_ts) WHERE sha256 IS NULL;
+-- Full-text search over room events (search.rs). The rowid is the event's
+-- stream position; contentless, since the text is in events.json already.
+-- Diacritics fold, so "reunion" finds "Réunion".
+CREATE VIRTUAL TABLE IF NOT EXISTS event_search USING fts5(
+    body, name, topic,
+    content = '', contentless_delete = 1,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+-- One row once the events stored before the search index existed are indexed.
+CREATE TABLE IF NOT EXISTS search_backfill (
+    id INTEGER PRIMARY KEY CHECK (id = 0)
+);
+-- Reports of events, rooms and users (/report), for the administrators.
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY,
+    reporter TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    room_id TEXT,
+    event_id TEXT,
+    user_id TEXT,
+    reason TEXT,
+    score INTEGER,
+    received_ts INTEGER NOT NULL
+);

@@ -67,6 +67,7 @@ impl Store {
         // power cut too, so commits are fully synced.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(include_str!("schema.sql"))?;
+        crate::search::backfill(&conn)?;
         let max: i64 = conn
             .query_row(
                 "SELECT MAX(p) FROM (SELECT MAX(stream_pos) AS p FROM events \
