@@ -150,6 +150,15 @@ pub(crate) fn delete_device_e2ee(tx: &Transaction, user: &str, device: &str) -> 
     Ok(())
 }
 
+/// A key object without its signatures: what a signature covers.
+fn signed_content(json: &str) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let obj = v.as_object_mut()?;
+    obj.remove("signatures");
+    obj.remove("unsigned");
+    Some(v)
+}
+
 /// Stores a device's keys in a write transaction (see [`Store::upload_keys`]).
 pub(crate) fn store_keys(tx: &Transaction, positions: &mut Positions, up: &KeyUpload) -> Result<KeyCounts> {
     let (user, device) = (up.user_id.as_str(), up.device_id.as_str());
@@ -162,6 +171,13 @@ pub(crate) fn store_keys(tx: &Transaction, positions: &mut Positions, up: &KeyUp
             )
             .optional()?;
         if old.as_deref() != Some(json.as_str()) {
+            if old.is_some_and(|o| signed_content(&o) != signed_content(json)) {
+                // Signatures made on the old keys do not cover the new ones.
+                tx.execute(
+                    "DELETE FROM key_signatures WHERE target_user = ?1 AND target_key = ?2",
+                    params![user, device],
+                )?;
+            }
             tx.execute(
                 "INSERT INTO device_keys (user_id, device_id, json) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (user_id, device_id) DO UPDATE SET json = excluded.json",
@@ -1083,5 +1099,44 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(q.signatures.len(), 1);
         assert_eq!(q.devices.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn new_device_keys_drop_signatures_made_on_the_old_ones() {
+        let s = scratch();
+        let store = &s.store;
+        let upload = |json: &str| {
+            store.upload_keys(KeyUpload {
+                user_id: "@a:x".into(),
+                device_id: "D".into(),
+                device_keys: Some(json.into()),
+                ..Default::default()
+            })
+        };
+        let sig = || SignatureRow {
+            target_user: "@a:x".into(),
+            target_key: "D".into(),
+            signer_user: "@a:x".into(),
+            signer_key_id: "ed25519:SSK".into(),
+            signature: "s".into(),
+        };
+        let sigs = || async {
+            store
+                .query_keys("@a:x".into(), vec![("@a:x".into(), vec![])])
+                .await
+                .unwrap()
+                .signatures
+                .len()
+        };
+        upload("{\"keys\":{\"k\":1},\"signatures\":{}}").await.unwrap();
+        store.add_signatures("@a:x".into(), vec![sig()]).await.unwrap();
+        // Only the signatures differ: the separate signature still holds.
+        upload("{\"keys\":{\"k\":1},\"signatures\":{\"@a:x\":{}}}")
+            .await
+            .unwrap();
+        assert_eq!(sigs().await, 1);
+        // Other keys: it no longer does.
+        upload("{\"keys\":{\"k\":2},\"signatures\":{}}").await.unwrap();
+        assert_eq!(sigs().await, 0);
     }
 }
