@@ -61,10 +61,49 @@ const STRIPPED_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
-fn raw<T>(v: &Value) -> Result<Raw<T>> {
+pub(crate) fn raw<T>(v: &Value) -> Result<Raw<T>> {
     Ok(Raw::from_json(
         serde_json::value::to_raw_value(v).map_err(|e| Error::Internal(e.to_string()))?,
     ))
+}
+
+/// The content of an `m.receipt` event for these receipts, as `user` sees
+/// them (others' private read receipts left out).
+pub(crate) fn receipt_content(
+    receipts: Vec<missive_store::ReceiptRow>,
+    user: &ruma::UserId,
+) -> BTreeMap<String, Value> {
+    let mut content: BTreeMap<String, Value> = BTreeMap::new();
+    for r in receipts {
+        if r.receipt_type == "m.read.private" && r.user_id != user.as_str() {
+            continue;
+        }
+        let mut receipt = json!({ "ts": r.ts });
+        if r.thread_id != "unthreaded" {
+            receipt["thread_id"] = r.thread_id.clone().into();
+        }
+        content
+            .entry(r.event_id)
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("object")
+            .entry(r.receipt_type)
+            .or_insert_with(|| json!({}))[r.user_id] = receipt;
+    }
+    content
+}
+
+/// The members a client names an unnamed room after: up to five others
+/// who are joined or invited, in a stable order.
+pub(crate) fn heroes(members: &[(String, String)], user: &ruma::UserId) -> Vec<OwnedUserId> {
+    let mut heroes: Vec<_> = members
+        .iter()
+        .filter(|(u, m)| u != user.as_str() && (m == "join" || m == "invite"))
+        .filter_map(|(u, _)| OwnedUserId::try_from(u.clone()).ok())
+        .collect();
+    heroes.sort();
+    heroes.truncate(5);
+    heroes
 }
 
 pub struct SyncRequest {
@@ -261,7 +300,7 @@ impl App {
     }
 
     /// Stripped state shown with an invite or knock.
-    async fn stripped_state(
+    pub(crate) async fn stripped_state(
         &self,
         room_id: &RoomId,
         own_event: &str,
@@ -289,7 +328,7 @@ impl App {
 
     /// The timeline of a room between two positions, newest `limit` of them,
     /// filtered and visible, and whether older ones were left out.
-    async fn timeline_window(
+    pub(crate) async fn timeline_window(
         &self,
         user: &ruma::UserId,
         room_id: &RoomId,
@@ -441,23 +480,7 @@ impl App {
                 upto,
             )
             .await?;
-        let mut content: BTreeMap<String, Value> = BTreeMap::new();
-        for r in receipts {
-            if r.receipt_type == "m.read.private" && r.user_id != user.as_str() {
-                continue;
-            }
-            let mut receipt = json!({ "ts": r.ts });
-            if r.thread_id != "unthreaded" {
-                receipt["thread_id"] = r.thread_id.clone().into();
-            }
-            content
-                .entry(r.event_id)
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-                .expect("object")
-                .entry(r.receipt_type)
-                .or_insert_with(|| json!({}))[r.user_id] = receipt;
-        }
+        let content = receipt_content(receipts, user);
         if !content.is_empty() {
             room.ephemeral
                 .events
@@ -491,14 +514,7 @@ impl App {
         let has_name = state_now.contains_key(&("m.room.name".into(), String::new()))
             || state_now.contains_key(&("m.room.canonical_alias".into(), String::new()));
         if !has_name {
-            let mut heroes: Vec<_> = members
-                .iter()
-                .filter(|(u, m)| u != user.as_str() && (m == "join" || m == "invite"))
-                .filter_map(|(u, _)| OwnedUserId::try_from(u.clone()).ok())
-                .collect();
-            heroes.sort();
-            heroes.truncate(5);
-            room.summary.heroes = heroes;
+            room.summary.heroes = heroes(&members, user);
         }
         let (notifications, highlights) = self.unread_counts(user, room_id, upto).await?;
         room.unread_notifications.notification_count = UInt::new(notifications);
@@ -542,7 +558,7 @@ impl App {
 
     /// Messages from others after the user's last read receipt: every one
     /// counts as a notification; those that mention the user highlight.
-    async fn unread_counts(&self, user: &ruma::UserId, room_id: &RoomId, upto: i64) -> Result<(u64, u64)> {
+    pub(crate) async fn unread_counts(&self, user: &ruma::UserId, room_id: &RoomId, upto: i64) -> Result<(u64, u64)> {
         let receipts = self.store.receipts_since(room_id.to_string(), 0, upto).await?;
         let mut read_pos = 0;
         for r in receipts
