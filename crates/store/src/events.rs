@@ -7,7 +7,9 @@ use missive_core::{auth::StateMap, pdu::Pdu};
 use ruma::{OwnedEventId, OwnedRoomId, events::StateEventType};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{Direction, Membership, NewRoomEvent, Result, RoomRow, StoreError, StoredEvent, sqlite::Store};
+use crate::{
+    Direction, Membership, NewRoomEvent, Result, RoomPositions, RoomRow, StoreError, StoredEvent, sqlite::Store,
+};
 
 /// A delta chain longer than this is cut by a full snapshot, bounding reads.
 const MAX_CHAIN: i64 = 32;
@@ -536,6 +538,41 @@ impl Store {
             let mut st = c.prepare_cached("SELECT room_id FROM forgotten_rooms WHERE user_id = ?1")?;
             let rows = st.query_map([user_id], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    /// For each room, the position of its latest event at or before `upto`,
+    /// and of its latest event of one of `types` (the events that move a
+    /// room up a room list), in one read. Rooms without events are left out.
+    pub async fn latest_positions(
+        &self,
+        room_ids: Vec<String>,
+        types: &'static [&'static str],
+        upto: i64,
+    ) -> Result<Vec<RoomPositions>> {
+        self.read(move |c| {
+            let mut latest =
+                c.prepare_cached("SELECT MAX(stream_pos) FROM events WHERE room_id = ?1 AND stream_pos <= ?2")?;
+            let placeholders = (0..types.len())
+                .map(|i| format!("?{}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut bump = c.prepare_cached(&format!(
+                "SELECT stream_pos FROM events WHERE room_id = ?1 AND stream_pos <= ?2 AND type IN ({placeholders}) \
+                 ORDER BY stream_pos DESC LIMIT 1"
+            ))?;
+            let mut out = Vec::with_capacity(room_ids.len());
+            for room_id in room_ids {
+                let Some(last) = latest.query_row(params![room_id, upto], |r| r.get::<_, Option<i64>>(0))? else {
+                    continue;
+                };
+                let mut args: Vec<&dyn rusqlite::ToSql> = vec![&room_id, &upto];
+                args.extend(types.iter().map(|t| t as &dyn rusqlite::ToSql));
+                let bumped = bump.query_row(args.as_slice(), |r| r.get(0)).optional()?;
+                out.push(RoomPositions { room_id, last, bumped });
+            }
+            Ok(out)
         })
         .await
     }

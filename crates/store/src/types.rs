@@ -105,3 +105,13 @@ pub struct RoomRow {
     pub creator: String,
     pub published: bool,
 }
+
+/// Where a room stands in the stream, for ordering room lists.
+#[derive(Clone, Debug)]
+pub struct RoomPositions {
+    pub room_id: String,
+    /// Its latest event.
+    pub last: i64,
+    /// Its latest event of a type that bumps it, if any.
+    pub bumped: Option<i64>,
+}
