@@ -36,6 +36,8 @@ pub struct AppInner {
     pub room_locks: RoomLocks,
     pub uia: UiaSessions,
     pub media: Media,
+    /// Simplified sliding sync connections and the positions they were sent.
+    pub sliding_connections: services::sliding_sync::Connections,
     pub rate_limiter: services::ratelimit::RateLimiter,
 }
 
@@ -75,6 +77,7 @@ impl App {
             room_locks: RoomLocks::default(),
             uia: UiaSessions::default(),
             media,
+            sliding_connections: Default::default(),
             rate_limiter: Default::default(),
         })))
     }

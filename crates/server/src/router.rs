@@ -87,6 +87,7 @@ pub fn router(app: App) -> Router {
         )
         // Sync and per-user data
         .ruma::<sync_events::v3::Request, _, _>(c::sync::sync)
+        .ruma::<sync_events::v5::Request, _, _>(c::sliding_sync::sync)
         .ruma::<filter::create_filter::v3::Request, _, _>(c::sync::create)
         .ruma::<filter::get_filter::v3::Request, _, _>(c::sync::get)
         .ruma::<config::set_global_account_data::v3::Request, _, _>(c::account_data::set_global)

@@ -10,6 +10,7 @@ pub mod membership;
 pub mod presence;
 pub mod ratelimit;
 pub mod rooms;
+pub mod sliding_sync;
 pub mod sync;
 pub mod thumbnail;
 pub mod timeline;

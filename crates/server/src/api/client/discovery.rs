@@ -16,7 +16,11 @@ pub async fn versions(
     _req: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response> {
     let mut resp = get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
-    resp.unstable_features = BTreeMap::from([("org.matrix.msc2285.stable".to_owned(), true)]);
+    resp.unstable_features = BTreeMap::from([
+        ("org.matrix.msc2285.stable".to_owned(), true),
+        // Simplified sliding sync (MSC4186), which Element X requires.
+        ("org.matrix.simplified_msc3575".to_owned(), true),
+    ]);
     Ok(resp)
 }
 

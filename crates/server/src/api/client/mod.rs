@@ -18,6 +18,7 @@ pub mod register;
 pub mod relations;
 pub mod room;
 pub mod session;
+pub mod sliding_sync;
 pub mod state;
 pub mod sync;
 pub mod to_device;
