@@ -12,5 +12,6 @@ mod durability;
 mod encryption;
 mod media;
 mod rooms;
+mod sliding_sync;
 mod verification;
 mod voip;
