@@ -452,9 +452,33 @@ async fn wire_format_positions_and_bad_input() {
         "{after}"
     );
 
+    // Leaving a room the connection has: one last update, whose state
+    // tells the client it left.
+    alice
+        .ok(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&old)),
+            Some(json!({})),
+        )
+        .await;
+    let pos = after["pos"].as_str().expect("pos");
+    let left = ok(&alice, &format!("?pos={pos}"), list.clone()).await;
+    assert_eq!(left["lists"]["all"]["count"], 1, "{left}");
+    let own_leave = left["rooms"][&old]["required_state"].as_array().is_some_and(|s| {
+        s.iter().any(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == alice.user_id.as_str()
+                && e["content"]["membership"] == "leave"
+        })
+    });
+    assert!(own_leave, "{left}");
+    let pos = left["pos"].as_str().expect("pos");
+    let quiet = ok(&alice, &format!("?pos={pos}"), list.clone()).await;
+    assert!(quiet["rooms"].get(&old).is_none(), "sent once: {quiet}");
+
     // A position of another connection, or one from before a restart of
     // the connection, is unknown.
-    let pos = after["pos"].as_str().expect("pos").to_owned();
+    let pos = quiet["pos"].as_str().expect("pos").to_owned();
     let mut other = list.clone();
     other["conn_id"] = json!("other");
     let r = post(&alice, &format!("?pos={pos}"), other).await;
@@ -462,4 +486,95 @@ async fn wire_format_positions_and_bad_input() {
     ok(&alice, "", list.clone()).await;
     let r = post(&alice, &format!("?pos={pos}"), list.clone()).await;
     assert_eq!((r.status, r.errcode()), (400, "M_UNKNOWN_POS"));
+}
+
+#[tokio::test]
+async fn account_data_receipts_and_typing_extensions() {
+    let server = TestServer::start().await;
+    let alice = Raw::register(&server, "alice").await;
+    let bob = Raw::register(&server, "bob").await;
+    let room = alice
+        .create_room(json!({ "name": "Ext", "invite": [bob.user_id] }))
+        .await;
+    bob.ok(
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        Some(json!({})),
+    )
+    .await;
+    let sent = bob.send_text(&room, "m1", "read me").await.body["event_id"]
+        .as_str()
+        .expect("event")
+        .to_owned();
+    alice
+        .ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.test.global",
+                enc(&alice.user_id)
+            ),
+            Some(json!({ "g": 1 })),
+        )
+        .await;
+    let request = json!({
+        "conn_id": "ext",
+        "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": 1 } },
+        "extensions": {
+            "account_data": { "enabled": true },
+            "receipts": { "enabled": true },
+            "typing": { "enabled": true },
+        },
+    });
+    let first = ok(&alice, "", request.clone()).await;
+    let global = first["extensions"]["account_data"]["global"]
+        .as_array()
+        .expect("global");
+    assert!(global.iter().any(|e| e["type"] == "m.test.global"), "{first}");
+    let pos = first["pos"].as_str().expect("pos");
+
+    // Bob reads, types; alice tags the room: all of it comes on the next response.
+    bob.ok(
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&sent)),
+        Some(json!({})),
+    )
+    .await;
+    bob.ok(
+        "PUT",
+        &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id)),
+        Some(json!({ "typing": true, "timeout": 30000 })),
+    )
+    .await;
+    alice
+        .ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/account_data/m.test.room",
+                enc(&alice.user_id),
+                enc(&room)
+            ),
+            Some(json!({ "r": 2 })),
+        )
+        .await;
+    let next = ok(&alice, &format!("?pos={pos}&timeout=5000"), request.clone()).await;
+    let ext = &next["extensions"];
+    assert!(
+        ext["account_data"]["rooms"][&room]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["type"] == "m.test.room")),
+        "{next}"
+    );
+    assert!(
+        ext["account_data"].get("global").is_none(),
+        "global data is not sent twice: {next}"
+    );
+    assert!(
+        ext["receipts"]["rooms"][&room]["content"][&sent]["m.read"][&bob.user_id]["ts"].is_u64(),
+        "{next}"
+    );
+    assert_eq!(
+        ext["typing"]["rooms"][&room]["content"]["user_ids"],
+        json!([bob.user_id]),
+        "{next}"
+    );
 }
