@@ -71,6 +71,11 @@ pub struct Config {
     /// learns an `mxc://` URI could otherwise fetch the file without an
     /// account. Clients since Matrix 1.11 use authenticated media.
     pub unauthenticated_media: bool,
+    /// Whether `/user_directory/search` finds every active local user. Off
+    /// by default: a user finds only those who share a room with them or are
+    /// joined to a public room, so an account alone does not reveal who
+    /// else has one.
+    pub user_directory_search_all_users: bool,
 }
 
 impl Default for Config {
@@ -92,6 +97,7 @@ impl Default for Config {
             rate_limits: Default::default(),
             max_upload_bytes: 100 * 1024 * 1024,
             unauthenticated_media: false,
+            user_directory_search_all_users: false,
         }
     }
 }
@@ -149,6 +155,9 @@ impl Config {
         }
         if let Some(v) = get("MISSIVE_UNAUTHENTICATED_MEDIA") {
             self.unauthenticated_media = matches!(v.as_str(), "1" | "true" | "on" | "yes");
+        }
+        if let Some(v) = get("MISSIVE_USER_DIRECTORY_SEARCH_ALL_USERS") {
+            self.user_directory_search_all_users = matches!(v.as_str(), "1" | "true" | "on" | "yes");
         }
         Ok(())
     }

@@ -68,6 +68,16 @@ pub fn router(app: App) -> Router {
         .ruma::<alias::get_alias::v3::Request, _, _>(c::alias::get)
         .ruma::<alias::delete_alias::v3::Request, _, _>(c::alias::delete)
         .ruma::<room::aliases::v3::Request, _, _>(c::alias::list)
+        // Directories, search, reporting, room snapshots and spaces
+        .ruma::<ruma::api::client::user_directory::search_users::v3::Request, _, _>(c::directory::search_users)
+        .ruma::<directory::get_public_rooms::v3::Request, _, _>(c::directory::public_rooms)
+        .ruma::<directory::get_public_rooms_filtered::v3::Request, _, _>(c::directory::public_rooms_filtered)
+        .ruma::<ruma::api::client::search::search_events::v3::Request, _, _>(c::search::search)
+        .ruma::<room::report_content::v3::Request, _, _>(c::reporting::report_event)
+        .ruma::<room::report_room::v3::Request, _, _>(c::reporting::report_room)
+        .ruma::<ruma::api::client::reporting::report_user::v3::Request, _, _>(c::reporting::report_user)
+        .ruma::<ruma::api::client::peeking::get_current_state::v3::Request, _, _>(c::initial_sync::room_initial_sync)
+        .ruma::<ruma::api::client::space::get_hierarchy::v1::Request, _, _>(c::space::hierarchy)
         // Events
         .ruma::<message::send_message_event::v3::Request, _, _>(c::message::send)
         .ruma::<redact::redact_event::v3::Request, _, _>(c::message::redact)
