@@ -14,6 +14,7 @@ pub mod e2ee;
 mod events;
 pub mod media;
 mod misc;
+pub mod push;
 pub mod search;
 mod sqlite;
 pub mod types;

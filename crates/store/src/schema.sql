@@ -272,3 +272,34 @@ CREATE TABLE IF NOT EXISTS reports (
     score INTEGER,
     received_ts INTEGER NOT NULL
 );
+-- Push (push.rs): the notifications users' push rules asked for (event_pos
+-- is the event's position, stream_pos when the row was recorded; whether one
+-- is read follows from the receipts), and the pushers to deliver them to.
+CREATE TABLE IF NOT EXISTS push_notifications (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_pos INTEGER NOT NULL,
+    thread_id TEXT NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    actions TEXT NOT NULL,
+    highlight INTEGER NOT NULL,
+    ts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS push_notifications_room ON push_notifications (user_id, room_id, event_pos);
+CREATE INDEX IF NOT EXISTS push_notifications_user ON push_notifications (user_id, id);
+CREATE INDEX IF NOT EXISTS push_notifications_ts ON push_notifications (ts);
+-- A user's latest event in a room, which they have read up to.
+CREATE INDEX IF NOT EXISTS events_room_sender ON events (room_id, sender, stream_pos);
+CREATE TABLE IF NOT EXISTS pushers (
+    user_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    pushkey TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    json TEXT NOT NULL,
+    pushkey_ts INTEGER NOT NULL,
+    device_id TEXT,
+    PRIMARY KEY (user_id, app_id, pushkey)
+);
+CREATE INDEX IF NOT EXISTS pushers_key ON pushers (app_id, pushkey);

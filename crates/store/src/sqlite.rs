@@ -76,6 +76,7 @@ impl Store {
              UNION ALL SELECT MAX(stream_pos) FROM current_state \
              UNION ALL SELECT MAX(stream_pos) FROM device_list_changes \
              UNION ALL SELECT MAX(stream_pos) FROM to_device \
+             UNION ALL SELECT MAX(stream_pos) FROM push_notifications \
              UNION ALL SELECT MAX(pos) FROM stream_watermark)",
                 [],
                 |r| r.get::<_, Option<i64>>(0),
