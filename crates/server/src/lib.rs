@@ -36,6 +36,7 @@ pub struct AppInner {
     pub room_locks: RoomLocks,
     pub uia: UiaSessions,
     pub media: Media,
+    pub push: services::push::Push,
     /// Simplified sliding sync connections and the positions they were sent.
     pub sliding_connections: services::sliding_sync::Connections,
     pub rate_limiter: services::ratelimit::RateLimiter,
@@ -66,7 +67,8 @@ impl App {
         let key = missive_core::signing_key::load(&der, &version).map_err(|e| Error::Internal(e.to_string()))?;
         let (notifier, _) = tokio::sync::watch::channel(0);
         let media = Media::on_disk(&config.data_dir);
-        Ok(App(Arc::new(AppInner {
+        let (push, push_worker) = services::push::Push::new();
+        let app = App(Arc::new(AppInner {
             config,
             server_name,
             store,
@@ -77,9 +79,12 @@ impl App {
             room_locks: RoomLocks::default(),
             uia: UiaSessions::default(),
             media,
+            push,
             sliding_connections: Default::default(),
             rate_limiter: Default::default(),
-        })))
+        }));
+        push_worker.spawn(&app);
+        Ok(app)
     }
 
     /// Wakes every waiting `/sync` so it looks again.

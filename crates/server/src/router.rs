@@ -113,6 +113,25 @@ pub fn router(app: App) -> Router {
         .ruma::<presence::set_presence::v3::Request, _, _>(c::presence::set)
         .ruma::<presence::get_presence::v3::Request, _, _>(c::presence::get)
         .ruma::<ruma::api::client::voip::get_turn_server_info::v3::Request, _, _>(c::voip::turn_server)
+        // Push rules, pushers and notifications
+        .merge(
+            Router::new()
+                .ruma::<ruma::api::client::push::get_pushrules_all::v3::Request, _, _>(c::push::get_rules)
+                .ruma::<ruma::api::client::push::get_pushrules_global_scope::v3::Request, _, _>(
+                    c::push::get_global_rules,
+                )
+                .ruma::<ruma::api::client::push::get_pushrule::v3::Request, _, _>(c::push::get_rule)
+                .ruma::<ruma::api::client::push::set_pushrule::v3::Request, _, _>(c::push::set_rule)
+                .ruma::<ruma::api::client::push::delete_pushrule::v3::Request, _, _>(c::push::delete_rule)
+                .ruma::<ruma::api::client::push::get_pushrule_enabled::v3::Request, _, _>(c::push::get_enabled)
+                .ruma::<ruma::api::client::push::set_pushrule_enabled::v3::Request, _, _>(c::push::set_enabled)
+                .ruma::<ruma::api::client::push::get_pushrule_actions::v3::Request, _, _>(c::push::get_actions)
+                .ruma::<ruma::api::client::push::set_pushrule_actions::v3::Request, _, _>(c::push::set_actions)
+                .ruma::<ruma::api::client::push::get_pushers::v3::Request, _, _>(c::push::get_pushers)
+                .ruma::<ruma::api::client::push::set_pusher::v3::Request, _, _>(c::push::set_pusher)
+                .ruma::<ruma::api::client::push::get_notifications::v3::Request, _, _>(c::push::notifications)
+                .layer(middleware::from_fn(c::push::check_rule_kind)),
+        )
         // Content repository
         .merge(media_routes())
         // End-to-end encryption

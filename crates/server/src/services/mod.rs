@@ -11,6 +11,7 @@ pub mod initial_sync;
 pub mod media;
 pub mod membership;
 pub mod presence;
+pub mod push;
 pub mod ratelimit;
 pub mod reporting;
 pub mod rooms;

@@ -320,6 +320,7 @@ impl App {
             Err(e) => return Err(e.into()),
         }
         self.notify();
+        self.queue_push(&pdu);
         Ok(pdu)
     }
 

@@ -379,6 +379,10 @@ impl App {
                     .receipts_since(room_id.to_string(), since.pos, upto)
                     .await?
                     .is_empty()
+                && !self
+                    .store
+                    .notifications_changed(user.to_string(), room_id.to_string(), since.pos, upto)
+                    .await?
             {
                 return Ok(None);
             }
@@ -556,40 +560,12 @@ impl App {
         Ok(Some(room))
     }
 
-    /// Messages from others after the user's last read receipt: every one
-    /// counts as a notification; those that mention the user highlight.
+    /// Notifications (and highlights among them) the user's push rules
+    /// recorded in the room, after their latest read receipt or own event.
     pub(crate) async fn unread_counts(&self, user: &ruma::UserId, room_id: &RoomId, upto: i64) -> Result<(u64, u64)> {
-        let receipts = self.store.receipts_since(room_id.to_string(), 0, upto).await?;
-        let mut read_pos = 0;
-        for r in receipts
-            .iter()
-            .filter(|r| r.user_id == user.as_str() && r.receipt_type.starts_with("m.read"))
-        {
-            if let Some(ev) = self.store.event(r.event_id.clone()).await? {
-                read_pos = read_pos.max(ev.stream_pos);
-            }
-        }
-        let events = self
+        Ok(self
             .store
-            .room_events(room_id.to_string(), read_pos, Some(upto), Direction::Forward, 1000)
-            .await?;
-        let (mut n, mut h) = (0, 0);
-        for ev in events {
-            let kind = ev.pdu.kind.to_string();
-            if ev.pdu.sender == user || !(kind == "m.room.message" || kind == "m.room.encrypted") {
-                continue;
-            }
-            n += 1;
-            let c = ev.pdu.content_value();
-            let mentioned = c
-                .get("m.mentions")
-                .and_then(|m| m.get("user_ids"))
-                .and_then(Value::as_array)
-                .is_some_and(|ids| ids.iter().any(|i| i.as_str() == Some(user.as_str())));
-            if mentioned {
-                h += 1;
-            }
-        }
-        Ok((n, h))
+            .unread_notification_counts(user.to_string(), room_id.to_string(), upto)
+            .await?)
     }
 }
