@@ -8,6 +8,7 @@ mod bad_input;
 mod churn;
 mod common;
 mod concurrency;
+mod directory;
 mod durability;
 mod encryption;
 mod media;
