@@ -12,6 +12,7 @@ mod directory;
 mod durability;
 mod encryption;
 mod media;
+mod push;
 mod rooms;
 mod sliding_sync;
 mod verification;
