@@ -11,6 +11,7 @@ mod concurrency;
 mod directory;
 mod durability;
 mod encryption;
+mod keys;
 mod media;
 mod push;
 mod rooms;

@@ -20,6 +20,8 @@ pub async fn versions(
         ("org.matrix.msc2285.stable".to_owned(), true),
         // Simplified sliding sync (MSC4186), which Element X requires.
         ("org.matrix.simplified_msc3575".to_owned(), true),
+        // Dehydrated devices (MSC3814), so messages sent while all of a user's devices are offline stay decryptable.
+        ("org.matrix.msc3814".to_owned(), true),
     ]);
     Ok(resp)
 }
