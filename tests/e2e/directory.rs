@@ -639,6 +639,21 @@ async fn reports_initial_sync_and_access() {
     )
     .await;
     assert_eq!((r.status, r.errcode()), (404, "M_NOT_FOUND"));
+    // The administrators read them from the command line, newest first.
+    let out = server.admin(&["reports"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines[0].contains("by @carol:localhost: user @alice:localhost, reason \"harassment\""),
+        "{out}"
+    );
+    assert!(lines[1].contains(&format!("room {room}")), "{out}");
+    assert!(
+        lines[3].contains(&format!("event {ev} in {room} score -100, reason \"rude\"")),
+        "{out}"
+    );
 
     // initialSync: a member gets messages and state, a stranger 403.
     let snap = bob

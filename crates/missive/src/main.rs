@@ -57,6 +57,15 @@ enum Admin {
         #[arg(long)]
         valid_hours: Option<i64>,
     },
+    /// List the reports users made of events, rooms and users, newest first.
+    Reports {
+        /// How many to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only reports older than this report number (to page back).
+        #[arg(long)]
+        before: Option<i64>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -160,6 +169,23 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
                 })
                 .await?;
             println!("{token}");
+        }
+        Admin::Reports { limit, before } => {
+            use missive_store::directory::ReportTarget;
+            for r in app.store.reports(before, limit).await? {
+                let target = match &r.report.target {
+                    ReportTarget::Event { room_id, event_id } => format!("event {event_id} in {room_id}"),
+                    ReportTarget::Room { room_id } => format!("room {room_id}"),
+                    ReportTarget::User { user_id } => format!("user {user_id}"),
+                };
+                let score = r.report.score.map(|s| format!(" score {s}")).unwrap_or_default();
+                // Quoted: a reason is user input, and may hold control characters.
+                let reason = r.report.reason.as_deref().unwrap_or("");
+                println!(
+                    "#{} at {} ms by {}: {target}{score}, reason {reason:?}",
+                    r.id, r.received_ts, r.report.reporter
+                );
+            }
         }
     }
     Ok(())
