@@ -439,3 +439,76 @@ async fn asynchronous_uploads_fill_a_reserved_id_once() {
     let got = waiting.await.expect("waiting download");
     assert_eq!((got.status, got.body.as_slice()), (200, &b"arrived late"[..]));
 }
+
+/// Media attached to a room's messages follow the room: members get them,
+/// others are told there is no such media; unattached media stay available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_attached_in_a_room_are_refused_to_outsiders() {
+    let server = TestServer::start().await;
+    let alice = Raw::register(&server, "alice").await;
+    let bob = Raw::register(&server, "bob").await;
+    let mallory = Raw::register(&server, "mallory").await;
+    let room = alice
+        .create_room(serde_json::json!({ "preset": "private_chat", "invite": [bob.user_id] }))
+        .await;
+    bob.ok(
+        "POST",
+        &format!("/_matrix/client/v3/join/{}", crate::common::enc(&room)),
+        Some(serde_json::json!({})),
+    )
+    .await;
+
+    let attached = upload(&alice, "image/png", Some("plan.png"), png(8, 8)).await.json()["content_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let loose = upload(&alice, "image/png", Some("avatar.png"), png(8, 8)).await.json()["content_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/img",
+                crate::common::enc(&room)
+            ),
+            Some(serde_json::json!({ "msgtype": "m.image", "body": "plan.png", "url": attached })),
+        )
+        .await;
+
+    let path = |mxc: &str| format!("/_matrix/client/v1/media/download/localhost/{}", media_id(mxc));
+    let thumb = |mxc: &str| {
+        format!(
+            "/_matrix/client/v1/media/thumbnail/localhost/{}?width=4&height=4",
+            media_id(mxc)
+        )
+    };
+    assert_eq!(
+        get(&alice, &path(&attached), Some(&alice.token)).await.status,
+        200,
+        "the uploader"
+    );
+    assert_eq!(
+        get(&bob, &path(&attached), Some(&bob.token)).await.status,
+        200,
+        "a member"
+    );
+    let refused = get(&mallory, &path(&attached), Some(&mallory.token)).await;
+    assert_eq!(
+        (refused.status, refused.errcode().as_str()),
+        (404, "M_NOT_FOUND"),
+        "an outsider"
+    );
+    assert_eq!(
+        get(&mallory, &thumb(&attached), Some(&mallory.token)).await.status,
+        404,
+        "nor its thumbnail"
+    );
+    assert_eq!(get(&bob, &thumb(&attached), Some(&bob.token)).await.status, 200);
+    assert_eq!(
+        get(&mallory, &path(&loose), Some(&mallory.token)).await.status,
+        200,
+        "media attached to no room"
+    );
+}

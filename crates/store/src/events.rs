@@ -172,6 +172,12 @@ impl Store {
                 e => e.into(),
             })?;
             crate::search::index_event(tx, pos, pdu)?;
+            for media_id in &ev.media_refs {
+                tx.execute(
+                    "INSERT OR IGNORE INTO media_refs (media_id, event_id) VALUES (?1, ?2)",
+                    params![media_id, pdu.event_id.as_str()],
+                )?;
+            }
             for p in &pdu.prev_events {
                 tx.execute("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2", params![room_id, p.as_str()])?;
             }
@@ -518,6 +524,16 @@ impl Store {
                 params![event_id, redacted_json, redacted_by],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Events that attach a local media, so access can follow their rooms.
+    pub async fn media_refs(&self, media_id: String) -> Result<Vec<String>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT event_id FROM media_refs WHERE media_id = ?1 LIMIT 100")?;
+            let rows = st.query_map([media_id], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await
     }

@@ -303,3 +303,8 @@ CREATE TABLE IF NOT EXISTS pushers (
     PRIMARY KEY (user_id, app_id, pushkey)
 );
 CREATE INDEX IF NOT EXISTS pushers_key ON pushers (app_id, pushkey);
+CREATE TABLE IF NOT EXISTS media_refs (
+    media_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (media_id, event_id)
+);

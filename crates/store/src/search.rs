@@ -348,6 +348,7 @@ mod tests {
                 txn: None,
                 rel_type: None,
                 relates_to: None,
+                media_refs: vec![],
                 new_room: new_room.then(|| NewRoom {
                     room_version: "10".into(),
                     creator: "@alice:x".into(),

@@ -58,6 +58,8 @@ pub struct NewRoomEvent {
     pub relates_to: Option<String>,
     /// When the room does not exist yet (its create event).
     pub new_room: Option<NewRoom>,
+    /// Local media IDs this (non-state) event attaches, for media access by room.
+    pub media_refs: Vec<String>,
 }
 
 #[derive(Clone, Debug)]

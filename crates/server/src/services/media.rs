@@ -384,8 +384,15 @@ impl App {
     }
 
     /// A local media's content, with its content type and upload filename.
-    pub async fn download_media(&self, server_name: &ServerName, media_id: &str, timeout: Duration) -> Result<Served> {
+    pub async fn download_media(
+        &self,
+        viewer: Option<&UserId>,
+        server_name: &ServerName,
+        media_id: &str,
+        timeout: Duration,
+    ) -> Result<Served> {
         let row = self.uploaded_media(server_name, media_id, timeout).await?;
+        self.check_media_access(&row, viewer).await?;
         let (_, data) = self.content_of(&row).await?;
         Ok(Served {
             data: data.into(),
@@ -399,12 +406,14 @@ impl App {
     /// A thumbnail of a local image, from the cache or made now.
     pub async fn media_thumbnail(
         &self,
+        viewer: Option<&UserId>,
         server_name: &ServerName,
         media_id: &str,
         size: Size,
         timeout: Duration,
     ) -> Result<Served> {
         let row = self.uploaded_media(server_name, media_id, timeout).await?;
+        self.check_media_access(&row, viewer).await?;
         // Declared non-images are refused without reading them; the rest is
         // judged by its bytes.
         if row
@@ -451,6 +460,29 @@ impl App {
             tracing::warn!(error = %e, "caching a thumbnail");
         }
         Ok(served_thumbnail(bytes.into(), thumb.content_type))
+    }
+
+    /// Media attached to room events follow those rooms: besides its
+    /// uploader, only a user who may see one of the events attaching it gets
+    /// it. Media attached to no event (avatars, encrypted files whose event
+    /// the server cannot read) are served to any authenticated user. Refusals
+    /// look like an unknown media, so nothing leaks.
+    async fn check_media_access(&self, row: &MediaRow, viewer: Option<&UserId>) -> Result<()> {
+        if viewer.is_some_and(|v| v.as_str() == row.uploader) {
+            return Ok(());
+        }
+        let refs = self.store.media_refs(row.media_id.clone()).await?;
+        if refs.is_empty() {
+            return Ok(());
+        }
+        if let Some(viewer) = viewer {
+            for ev in self.store.events(refs).await? {
+                if self.may_see_event(viewer, &ev).await? {
+                    return Ok(());
+                }
+            }
+        }
+        Err(not_found())
     }
 
     /// Quarantines (or releases) a local media: quarantined media are not served.

@@ -303,6 +303,11 @@ impl App {
             })
         });
         let (rel_type, relates_to) = relation_of(&pdu);
+        let media_refs = if pdu.is_state() {
+            vec![]
+        } else {
+            self.local_media_in(&pdu.content_value())
+        };
         match self
             .store
             .append_event(NewRoomEvent {
@@ -312,6 +317,7 @@ impl App {
                 rel_type,
                 relates_to,
                 new_room,
+                media_refs,
             })
             .await
         {
@@ -349,6 +355,37 @@ impl App {
             .await?;
         self.notify();
         Ok(())
+    }
+}
+
+impl App {
+    /// Local media an event attaches (`url`, `thumbnail_url` and the `file`
+    /// forms, at any depth), by media ID.
+    fn local_media_in(&self, content: &Value) -> Vec<String> {
+        let prefix = format!("mxc://{}/", self.server_name);
+        let mut out = vec![];
+        let mut stack = vec![content];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::Object(o) => {
+                    for (k, v) in o {
+                        match v {
+                            Value::String(s) if k == "url" || k == "thumbnail_url" => {
+                                if let Some(id) = s.strip_prefix(&prefix) {
+                                    out.push(id.to_owned());
+                                }
+                            }
+                            _ => stack.push(v),
+                        }
+                    }
+                }
+                Value::Array(a) => stack.extend(a),
+                _ => {}
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 }
 

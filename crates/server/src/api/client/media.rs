@@ -142,23 +142,27 @@ fn with_name(served: Served, path_name: Option<String>) -> (Vec<u8>, String, Con
 
 async fn download_file(
     app: &App,
+    viewer: Option<&ruma::UserId>,
     server_name: &ServerName,
     media_id: &str,
     path_name: Option<String>,
     timeout: Duration,
 ) -> Result<(Vec<u8>, String, ContentDisposition)> {
-    let served = app.download_media(server_name, media_id, timeout).await?;
+    let served = app.download_media(viewer, server_name, media_id, timeout).await?;
     Ok(with_name(served, path_name))
 }
 
 async fn thumbnail_file(
     app: &App,
+    viewer: Option<&ruma::UserId>,
     server_name: &ServerName,
     media_id: &str,
     size: Size,
     timeout: Duration,
 ) -> Result<(Vec<u8>, String, ContentDisposition)> {
-    let served = app.media_thumbnail(server_name, media_id, size, timeout).await?;
+    let served = app
+        .media_thumbnail(viewer, server_name, media_id, size, timeout)
+        .await?;
     // Thumbnails are always images, and always inline.
     let disposition = ContentDisposition::new(ContentDispositionType::Inline).with_filename(served.filename);
     Ok((served.data, served.content_type, disposition))
@@ -261,8 +265,15 @@ pub async fn download(
     req: Ruma<authed::get_content::v1::Request>,
 ) -> Result<authed::get_content::v1::Response> {
     let b = &req.body;
-    let (file, content_type, disposition) =
-        download_file(&app, &b.server_name, &b.media_id, None, b.timeout_ms).await?;
+    let (file, content_type, disposition) = download_file(
+        &app,
+        req.session.as_ref().map(|s| &*s.user_id),
+        &b.server_name,
+        &b.media_id,
+        None,
+        b.timeout_ms,
+    )
+    .await?;
     Ok(authed::get_content::v1::Response::new(file, content_type, disposition))
 }
 
@@ -273,6 +284,7 @@ pub async fn download_as(
     let b = &req.body;
     let (file, content_type, disposition) = download_file(
         &app,
+        req.session.as_ref().map(|s| &*s.user_id),
         &b.server_name,
         &b.media_id,
         Some(b.filename.clone()),
@@ -292,8 +304,15 @@ pub async fn thumbnail(
 ) -> Result<authed::get_content_thumbnail::v1::Response> {
     let b = &req.body;
     let size = thumbnail_size(b.width, b.height, b.method.clone())?;
-    let (file, content_type, disposition) =
-        thumbnail_file(&app, &b.server_name, &b.media_id, size, b.timeout_ms).await?;
+    let (file, content_type, disposition) = thumbnail_file(
+        &app,
+        req.session.as_ref().map(|s| &*s.user_id),
+        &b.server_name,
+        &b.media_id,
+        size,
+        b.timeout_ms,
+    )
+    .await?;
     Ok(authed::get_content_thumbnail::v1::Response::new(
         file,
         content_type,
@@ -306,8 +325,15 @@ pub async fn thumbnail(
 pub async fn legacy_download(app: App, req: Ruma<get_content::v3::Request>) -> Result<get_content::v3::Response> {
     legacy_allowed(&app)?;
     let b = &req.body;
-    let (file, content_type, disposition) =
-        download_file(&app, &b.server_name, &b.media_id, None, b.timeout_ms).await?;
+    let (file, content_type, disposition) = download_file(
+        &app,
+        req.session.as_ref().map(|s| &*s.user_id),
+        &b.server_name,
+        &b.media_id,
+        None,
+        b.timeout_ms,
+    )
+    .await?;
     Ok(get_content::v3::Response::new(file, content_type, disposition))
 }
 
@@ -319,6 +345,7 @@ pub async fn legacy_download_as(
     let b = &req.body;
     let (file, content_type, disposition) = download_file(
         &app,
+        req.session.as_ref().map(|s| &*s.user_id),
         &b.server_name,
         &b.media_id,
         Some(b.filename.clone()),
@@ -339,8 +366,15 @@ pub async fn legacy_thumbnail(
     legacy_allowed(&app)?;
     let b = &req.body;
     let size = thumbnail_size(b.width, b.height, b.method.clone())?;
-    let (file, content_type, disposition) =
-        thumbnail_file(&app, &b.server_name, &b.media_id, size, b.timeout_ms).await?;
+    let (file, content_type, disposition) = thumbnail_file(
+        &app,
+        req.session.as_ref().map(|s| &*s.user_id),
+        &b.server_name,
+        &b.media_id,
+        size,
+        b.timeout_ms,
+    )
+    .await?;
     Ok(get_content_thumbnail::v3::Response::new(
         file,
         content_type,
