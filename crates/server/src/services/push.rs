@@ -53,6 +53,11 @@ pub struct Push {
     http: Option<reqwest::Client>,
     /// Serialises read-modify-write changes of users' rules.
     rules_lock: tokio::sync::Mutex<()>,
+    /// Events queued and events evaluated, so a rule change can wait for
+    /// the events sent before it to be judged by the rules they were sent under.
+    queued: Arc<std::sync::atomic::AtomicU64>,
+    evaluated: Arc<std::sync::atomic::AtomicU64>,
+    progress: Arc<tokio::sync::Notify>,
 }
 
 /// The receiving end of the event queue, until [`PushWorker::spawn`].
@@ -86,6 +91,9 @@ impl Push {
             pushers: Default::default(),
             http,
             rules_lock: Default::default(),
+            queued: Default::default(),
+            evaluated: Default::default(),
+            progress: Default::default(),
         };
         (push, PushWorker(rx))
     }
@@ -104,6 +112,8 @@ impl PushWorker {
                 if let Err(e) = app.evaluate_push(&event_id).await {
                     tracing::warn!(error = %e, %event_id, "push rule evaluation failed");
                 }
+                app.push.evaluated.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                app.push.progress.notify_waiters();
             }
         });
     }
@@ -145,8 +155,11 @@ impl App {
     /// Queues a new room event for push rule evaluation. Never waits: when
     /// the queue is full the event goes unevaluated.
     pub fn queue_push(&self, pdu: &missive_core::pdu::Pdu) {
-        if let Err(e) = self.push.events.try_send(pdu.event_id.clone()) {
-            tracing::warn!(event_id = %pdu.event_id, error = %e, "push queue full, event not evaluated");
+        match self.push.events.try_send(pdu.event_id.clone()) {
+            Ok(()) => {
+                self.push.queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            Err(e) => tracing::warn!(event_id = %pdu.event_id, error = %e, "push queue full, event not evaluated"),
         }
     }
 
@@ -166,6 +179,21 @@ impl App {
         change: impl FnOnce(&mut Ruleset) -> Result<()>,
     ) -> Result<()> {
         let _guard = self.push.rules_lock.lock().await;
+        // Events sent before this change are judged by the rules they were
+        // sent under: let the evaluator catch up first (bounded, never stuck).
+        let target = self.push.queued.load(std::sync::atomic::Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.push.evaluated.load(std::sync::atomic::Ordering::Acquire) < target {
+            let progressed = self.push.progress.notified();
+            tokio::pin!(progressed);
+            // Registered before the check, so a wake-up in between is not lost.
+            progressed.as_mut().enable();
+            if self.push.evaluated.load(std::sync::atomic::Ordering::Acquire) >= target
+                || tokio::time::timeout_at(deadline, progressed).await.is_err()
+            {
+                break;
+            }
+        }
         let mut rules = self.push_rules(user).await?;
         change(&mut rules)?;
         let global = serde_json::to_value(&rules).map_err(|e| Error::Internal(e.to_string()))?;
