@@ -794,3 +794,57 @@ async fn presence_can_be_disabled_and_discovery_answers() {
     .await;
     assert!(v.body["versions"].as_array().unwrap().iter().any(|x| x == "v1.12"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_profile_fields() {
+    let server = TestServer::start().await;
+    let alice = Raw::register(&server, "alice").await;
+    let bob = Raw::register(&server, "bob").await;
+    let base = "/_matrix/client/v3/profile/@alice:localhost";
+    alice
+        .ok("PUT", &format!("{base}/m.tz"), Some(json!({ "m.tz": "Europe/Paris" })))
+        .await;
+    alice
+        .ok(
+            "PUT",
+            &format!("{base}/org.example.pronouns"),
+            Some(json!({ "org.example.pronouns": ["she", "her"] })),
+        )
+        .await;
+    alice
+        .ok(
+            "PUT",
+            &format!("{base}/displayname"),
+            Some(json!({ "displayname": "Alice" })),
+        )
+        .await;
+    assert_eq!(
+        bob.ok("GET", &format!("{base}/m.tz"), None).await,
+        json!({ "m.tz": "Europe/Paris" })
+    );
+    let full = bob.ok("GET", base, None).await;
+    assert_eq!(
+        full,
+        json!({ "displayname": "Alice", "m.tz": "Europe/Paris", "org.example.pronouns": ["she", "her"] })
+    );
+    let r = bob
+        .call("PUT", &format!("{base}/m.tz"), Some(json!({ "m.tz": "UTC" })))
+        .await;
+    assert_eq!((r.status, r.errcode()), (403, "M_FORBIDDEN"));
+    let big = "x".repeat(70 * 1024);
+    let r = alice
+        .call(
+            "PUT",
+            &format!("{base}/org.example.big"),
+            Some(json!({ "org.example.big": big })),
+        )
+        .await;
+    assert_eq!(r.status / 100, 4, "an oversized profile is refused: {}", r.body);
+    alice.ok("DELETE", &format!("{base}/m.tz"), None).await;
+    let r = bob.call("GET", &format!("{base}/m.tz"), None).await;
+    assert_eq!((r.status, r.errcode()), (404, "M_NOT_FOUND"));
+    assert_eq!(
+        bob.ok("GET", &format!("{base}/displayname"), None).await["displayname"],
+        "Alice"
+    );
+}

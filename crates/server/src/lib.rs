@@ -78,10 +78,10 @@ impl App {
             presence: Presence::default(),
             room_locks: RoomLocks::default(),
             uia: UiaSessions::default(),
+            rate_limiter: Default::default(),
             media,
             push,
             sliding_connections: Default::default(),
-            rate_limiter: Default::default(),
         }));
         push_worker.spawn(&app);
         Ok(app)

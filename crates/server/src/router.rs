@@ -44,6 +44,9 @@ pub fn router(app: App) -> Router {
         .ruma::<profile::set_display_name::v3::Request, _, _>(c::profile::set_displayname)
         .ruma::<profile::get_avatar_url::v3::Request, _, _>(c::profile::get_avatar_url)
         .ruma::<profile::set_avatar_url::v3::Request, _, _>(c::profile::set_avatar_url)
+        .ruma::<profile::get_profile_field::v3::Request, _, _>(c::profile::get_field)
+        .ruma::<profile::set_profile_field::v3::Request, _, _>(c::profile::set_field)
+        .ruma::<profile::delete_profile_field::v3::Request, _, _>(c::profile::delete_field)
         // Rooms
         .ruma::<room::create_room::v3::Request, _, _>(c::room::create_room)
         .ruma::<room::upgrade_room::v3::Request, _, _>(c::room::upgrade_room)

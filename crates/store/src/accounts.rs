@@ -128,6 +128,49 @@ impl Store {
         .await
     }
 
+    /// Sets (or with `None` removes) an extended profile field.
+    pub async fn set_profile_field(
+        &self,
+        user_id: String,
+        field: String,
+        value: Option<serde_json::Value>,
+    ) -> Result<()> {
+        self.write(move |tx, _| {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO profile_fields (user_id, field, value) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (user_id, field) DO UPDATE SET value = excluded.value",
+                    params![user_id, field, v.to_string()],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM profile_fields WHERE user_id = ?1 AND field = ?2",
+                    params![user_id, field],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// A user's extended profile fields (everything but displayname and avatar_url).
+    pub async fn profile_fields(&self, user_id: String) -> Result<Vec<(String, serde_json::Value)>> {
+        self.read(move |c| {
+            let mut st =
+                c.prepare_cached("SELECT field, value FROM profile_fields WHERE user_id = ?1 ORDER BY field")?;
+            let rows = st.query_map([user_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = vec![];
+            for row in rows {
+                let (k, v) = row?;
+                out.push((
+                    k,
+                    serde_json::from_str(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub async fn set_avatar_url(&self, user_id: String, value: Option<String>) -> Result<()> {
         self.write(move |tx, _| {
             tx.execute(

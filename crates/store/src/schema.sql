@@ -308,3 +308,9 @@ CREATE TABLE IF NOT EXISTS media_refs (
     event_id TEXT NOT NULL,
     PRIMARY KEY (media_id, event_id)
 );
+CREATE TABLE IF NOT EXISTS profile_fields (
+    user_id TEXT NOT NULL,
+    field TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (user_id, field)
+);

@@ -1,9 +1,13 @@
-//! Profiles: display name and avatar. A change is also announced, as a new
+//! Profiles: display name, avatar and extended fields. A display name or avatar change is also announced, as a new
 //! member event, in every room the user has joined (as clients expect).
 
 use ruma::{
     OwnedRoomId, UserId,
-    api::client::profile::{get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name},
+    api::client::profile::{
+        delete_profile_field, get_avatar_url, get_display_name, get_profile, get_profile_field, set_avatar_url,
+        set_display_name, set_profile_field,
+    },
+    profile::{ProfileFieldName, ProfileFieldValue},
 };
 
 use crate::{App, Error, Result, api::client::require_self, ruma_wrapper::Ruma};
@@ -26,6 +30,9 @@ pub async fn get_profile(app: App, req: Ruma<get_profile::v3::Request>) -> Resul
     }
     if let Some(a) = row.avatar_url {
         resp.set("avatar_url".into(), a.into());
+    }
+    for (k, v) in app.store.profile_fields(req.body.user_id.to_string()).await? {
+        resp.set(k, v);
     }
     Ok(resp)
 }
@@ -85,4 +92,91 @@ async fn propagate(app: &App, user: &UserId) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The whole profile (extended fields included) may not exceed this, in bytes of JSON.
+const MAX_PROFILE_BYTES: usize = 64 * 1024;
+
+pub async fn get_field(app: App, req: Ruma<get_profile_field::v3::Request>) -> Result<get_profile_field::v3::Response> {
+    let row = local_profile(&app, &req.body.user_id).await?;
+    let name = req.body.field.as_str().to_owned();
+    let value = match name.as_str() {
+        "displayname" => row.displayname.map(serde_json::Value::from),
+        "avatar_url" => row.avatar_url.map(serde_json::Value::from),
+        _ => app
+            .store
+            .profile_fields(req.body.user_id.to_string())
+            .await?
+            .into_iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v),
+    };
+    let value = value.ok_or_else(|| Error::not_found("Profile field not set"))?;
+    let value = ProfileFieldValue::new(&name, value).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(get_profile_field::v3::Response::new(value))
+}
+
+pub async fn set_field(app: App, req: Ruma<set_profile_field::v3::Request>) -> Result<set_profile_field::v3::Response> {
+    require_self(&req, &req.body.user_id)?;
+    let user = &req.body.user_id;
+    let name = req.body.value.field_name();
+    let value = req.body.value.value().into_owned();
+    match name {
+        ProfileFieldName::DisplayName => {
+            let v = value.as_str().map(str::to_owned).filter(|v| !v.is_empty());
+            app.store.set_displayname(user.to_string(), v).await?;
+            propagate(&app, user).await?;
+        }
+        ProfileFieldName::AvatarUrl => {
+            let v = value.as_str().map(str::to_owned).filter(|v| !v.is_empty());
+            app.store.set_avatar_url(user.to_string(), v).await?;
+            propagate(&app, user).await?;
+        }
+        other => {
+            let key = other.as_str().to_owned();
+            if key.is_empty() || key.len() > 255 {
+                return Err(Error::invalid_param("Profile field names are 1 to 255 bytes"));
+            }
+            let mut size = value.to_string().len() + key.len();
+            for (k, v) in app.store.profile_fields(user.to_string()).await? {
+                if k != key {
+                    size += k.len() + v.to_string().len();
+                }
+            }
+            if size > MAX_PROFILE_BYTES {
+                return Err(Error::Matrix {
+                    status: http::StatusCode::BAD_REQUEST,
+                    errcode: "M_PROFILE_TOO_LARGE",
+                    message: "The profile would exceed 64 KiB".into(),
+                    extra: None,
+                });
+            }
+            app.store.set_profile_field(user.to_string(), key, Some(value)).await?;
+        }
+    }
+    Ok(set_profile_field::v3::Response::new())
+}
+
+pub async fn delete_field(
+    app: App,
+    req: Ruma<delete_profile_field::v3::Request>,
+) -> Result<delete_profile_field::v3::Response> {
+    require_self(&req, &req.body.user_id)?;
+    let user = &req.body.user_id;
+    match &req.body.field {
+        ProfileFieldName::DisplayName => {
+            app.store.set_displayname(user.to_string(), None).await?;
+            propagate(&app, user).await?;
+        }
+        ProfileFieldName::AvatarUrl => {
+            app.store.set_avatar_url(user.to_string(), None).await?;
+            propagate(&app, user).await?;
+        }
+        other => {
+            app.store
+                .set_profile_field(user.to_string(), other.as_str().to_owned(), None)
+                .await?
+        }
+    }
+    Ok(delete_profile_field::v3::Response::new())
 }
