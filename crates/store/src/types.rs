@@ -82,6 +82,15 @@ pub enum Direction {
     Backward,
 }
 
+impl From<ruma::api::Direction> for Direction {
+    fn from(d: ruma::api::Direction) -> Self {
+        match d {
+            ruma::api::Direction::Forward => Direction::Forward,
+            ruma::api::Direction::Backward => Direction::Backward,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AccountDataRow {
     pub room_id: String,

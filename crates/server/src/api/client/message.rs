@@ -5,14 +5,11 @@ use missive_core::builder::NewEvent;
 use missive_store::Direction;
 use ruma::{
     MilliSecondsSinceUnixEpoch,
-    api::{
-        Direction as Dir,
-        client::{
-            context::get_context,
-            message::{get_message_events, send_message_event},
-            redact::redact_event,
-            room::{get_event_by_timestamp, get_room_event},
-        },
+    api::client::{
+        context::get_context,
+        message::{get_message_events, send_message_event},
+        redact::redact_event,
+        room::{get_event_by_timestamp, get_room_event},
     },
     events::TimelineEventType,
     serde::Raw,
@@ -116,10 +113,7 @@ pub async fn messages(
     let r = &req.body;
     // Membership (or world-readable history) is required to read a room.
     readable_state(&app, &r.room_id, &user).await?;
-    let dir = match r.dir {
-        Dir::Forward => Direction::Forward,
-        Dir::Backward => Direction::Backward,
-    };
+    let dir = Direction::from(r.dir);
     let from = match &r.from {
         Some(t) => parse_position(t).ok_or_else(|| Error::invalid_param("Invalid from token"))?,
         None => match dir {
@@ -259,10 +253,7 @@ pub async fn timestamp_to_event(
     let user = req.user()?.clone();
     let r = &req.body;
     readable_state(&app, &r.room_id, &user).await?;
-    let dir = match r.dir {
-        Dir::Forward => Direction::Forward,
-        Dir::Backward => Direction::Backward,
-    };
+    let dir = Direction::from(r.dir);
     let ts = u64::from(r.ts.0) as i64;
     let ev = app
         .store

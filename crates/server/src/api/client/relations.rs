@@ -59,10 +59,7 @@ async fn relations<T>(
     if !app.may_see_event(user, &parent_ev).await? {
         return Err(Error::not_found("Event not found"));
     }
-    let dir = match dir {
-        Dir::Forward => Direction::Forward,
-        Dir::Backward => Direction::Backward,
-    };
+    let dir = Direction::from(dir);
     let from = match from {
         Some(t) => Some(parse_position(t).ok_or_else(|| Error::invalid_param("Invalid from token"))?),
         None => None,
