@@ -848,3 +848,75 @@ async fn extended_profile_fields() {
         "Alice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_summaries_show_what_may_be_previewed() {
+    let server = TestServer::start().await;
+    let alice = Raw::register(&server, "alice").await;
+    let bob = Raw::register(&server, "bob").await;
+    let public = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Town hall", "topic": "All welcome", "room_alias_name": "townhall" }))
+        .await;
+    let private = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Cabinet" }))
+        .await;
+
+    let s = bob
+        .ok("GET", "/_matrix/client/v1/room_summary/%23townhall%3Alocalhost", None)
+        .await;
+    assert_eq!(s["room_id"], public);
+    assert_eq!(
+        (s["name"].as_str(), s["topic"].as_str()),
+        (Some("Town hall"), Some("All welcome"))
+    );
+    // `public` is the spec's default join rule, which may be left out.
+    assert_eq!(
+        (
+            s["num_joined_members"].as_u64(),
+            s["join_rule"].as_str().unwrap_or("public")
+        ),
+        (Some(1), "public")
+    );
+    assert!(s.get("membership").is_none_or(|m| m.is_null()));
+    let anon = request(
+        &reqwest::Client::new(),
+        "GET",
+        &format!("{}/_matrix/client/v1/room_summary/{}", server.url, enc(&public)),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(anon.status, 200);
+
+    // A private room is unknown to outsiders, and visible once invited.
+    let r = bob
+        .call(
+            "GET",
+            &format!("/_matrix/client/v1/room_summary/{}", enc(&private)),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.errcode()), (404, "M_NOT_FOUND"));
+    alice
+        .ok(
+            "POST",
+            &room_path(&private, "invite"),
+            Some(json!({ "user_id": bob.user_id })),
+        )
+        .await;
+    let s = bob
+        .ok(
+            "GET",
+            &format!("/_matrix/client/v1/room_summary/{}", enc(&private)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s["name"].as_str(), s["membership"].as_str()),
+        (Some("Cabinet"), Some("invite"))
+    );
+    let r = bob
+        .call("GET", "/_matrix/client/v1/room_summary/%23nowhere%3Alocalhost", None)
+        .await;
+    assert_eq!((r.status, r.errcode()), (404, "M_NOT_FOUND"));
+}

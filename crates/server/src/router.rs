@@ -50,6 +50,7 @@ pub fn router(app: App) -> Router {
         // Rooms
         .ruma::<room::create_room::v3::Request, _, _>(c::room::create_room)
         .ruma::<room::upgrade_room::v3::Request, _, _>(c::room::upgrade_room)
+        .ruma::<room::get_summary::v1::Request, _, _>(c::room::summary)
         .ruma::<directory::get_room_visibility::v3::Request, _, _>(c::room::get_visibility)
         .ruma::<directory::set_room_visibility::v3::Request, _, _>(c::room::set_visibility)
         .ruma::<membership::join_room_by_id::v3::Request, _, _>(c::membership::join_by_id)

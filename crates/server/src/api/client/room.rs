@@ -2,7 +2,7 @@
 
 use ruma::api::client::{
     directory::{get_room_visibility, set_room_visibility},
-    room::{Visibility, create_room, upgrade_room},
+    room::{Visibility, create_room, get_summary, upgrade_room},
 };
 
 use crate::{App, Error, Result, ruma_wrapper::Ruma, services::create_room::CreateRoom};
@@ -73,4 +73,29 @@ pub async fn set_visibility(
     };
     app.store.set_room_published(room_id.to_string(), public).await?;
     Ok(set_room_visibility::v3::Response::new())
+}
+
+/// `/room_summary`: what a user may learn of a room before joining it. A
+/// room they may not preview is answered as unknown, so nothing leaks.
+pub async fn summary(app: App, req: Ruma<get_summary::v1::Request>) -> Result<get_summary::v1::Response> {
+    let unknown = || Error::not_found("Room not found");
+    let room_id = app
+        .resolve_room(&req.body.room_id_or_alias)
+        .await
+        .map_err(|_| unknown())?;
+    let info = app.room_info(&room_id).await?.ok_or_else(unknown)?;
+    let visible = match &req.session {
+        Some(s) => app.may_preview_room(&s.user_id, &info).await?,
+        None => info.summary.world_readable || matches!(info.summary.join_rule, ruma::room::JoinRuleSummary::Public),
+    };
+    if !visible {
+        return Err(unknown());
+    }
+    let membership = match &req.session {
+        Some(s) => app.membership(&room_id, &s.user_id).await?,
+        None => None,
+    };
+    let mut resp = get_summary::v1::Response::new(info.summary);
+    resp.membership = membership.map(|m| m.as_str().into());
+    Ok(resp)
 }
