@@ -16,5 +16,6 @@ mod media;
 mod push;
 mod rooms;
 mod sliding_sync;
+mod url_preview;
 mod verification;
 mod voip;

@@ -76,6 +76,15 @@ pub struct Config {
     /// joined to a public room, so an account alone does not reveal who
     /// else has one.
     pub user_directory_search_all_users: bool,
+    /// Whether `/media/preview_url` fetches the pages users paste to build a
+    /// preview. Off by default: the server would otherwise visit, on a user's
+    /// behalf, any address that user names. When on, it never connects to a
+    /// private, loopback, link-local or otherwise non-public address.
+    pub url_previews: bool,
+    /// Address ranges (CIDR, `10.1.0.0/16`, `fd00::/8`, `127.0.0.1/32`) URL
+    /// previews may reach although they are not public: for test deployments
+    /// or an intranet whose pages should be previewed.
+    pub url_preview_ip_allowlist: Vec<crate::services::url_preview::IpRange>,
 }
 
 impl Default for Config {
@@ -98,6 +107,8 @@ impl Default for Config {
             max_upload_bytes: 100 * 1024 * 1024,
             unauthenticated_media: false,
             user_directory_search_all_users: false,
+            url_previews: false,
+            url_preview_ip_allowlist: vec![],
         }
     }
 }
@@ -158,6 +169,18 @@ impl Config {
         }
         if let Some(v) = get("MISSIVE_USER_DIRECTORY_SEARCH_ALL_USERS") {
             self.user_directory_search_all_users = matches!(v.as_str(), "1" | "true" | "on" | "yes");
+        }
+        if let Some(v) = get("MISSIVE_URL_PREVIEWS") {
+            self.url_previews = matches!(v.as_str(), "1" | "true" | "on" | "yes");
+        }
+        if let Some(v) = get("MISSIVE_URL_PREVIEW_IP_ALLOWLIST") {
+            self.url_preview_ip_allowlist = v
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("MISSIVE_URL_PREVIEW_IP_ALLOWLIST: {e}"))?;
         }
         Ok(())
     }

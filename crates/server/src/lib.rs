@@ -40,6 +40,8 @@ pub struct AppInner {
     /// Simplified sliding sync connections and the positions they were sent.
     pub sliding_connections: services::sliding_sync::Connections,
     pub rate_limiter: services::ratelimit::RateLimiter,
+    /// URL previews already built.
+    pub url_previews: services::url_preview::UrlPreviews,
 }
 
 impl Deref for App {
@@ -79,6 +81,7 @@ impl App {
             room_locks: RoomLocks::default(),
             uia: UiaSessions::default(),
             rate_limiter: Default::default(),
+            url_previews: Default::default(),
             media,
             push,
             sliding_connections: Default::default(),

@@ -1,6 +1,6 @@
 //! Token-bucket rate limits for the expensive or abusable endpoints: login
 //! and registration (per client address: each attempt costs a password
-//! hash) and sending (per user).
+//! hash), sending and URL previews (per user).
 
 use std::{
     collections::HashMap,
@@ -24,6 +24,8 @@ pub struct RateLimits {
     pub registration_burst: f64,
     pub send_per_second: f64,
     pub send_burst: f64,
+    pub url_preview_per_second: f64,
+    pub url_preview_burst: f64,
 }
 
 impl Default for RateLimits {
@@ -36,6 +38,8 @@ impl Default for RateLimits {
             registration_burst: 5.0,
             send_per_second: 10.0,
             send_burst: 50.0,
+            url_preview_per_second: 0.5,
+            url_preview_burst: 10.0,
         }
     }
 }
@@ -45,6 +49,7 @@ pub enum Action {
     Login,
     Registration,
     Send,
+    UrlPreview,
 }
 
 struct Bucket {
@@ -65,6 +70,7 @@ impl RateLimiter {
             Action::Login => (limits.login_per_second, limits.login_burst),
             Action::Registration => (limits.registration_per_second, limits.registration_burst),
             Action::Send => (limits.send_per_second, limits.send_burst),
+            Action::UrlPreview => (limits.url_preview_per_second, limits.url_preview_burst),
         };
         if rate <= 0.0 {
             return Ok(());

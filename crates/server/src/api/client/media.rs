@@ -1,7 +1,8 @@
 //! Content repository: uploads (`/media/v3/upload`, `/media/v1/create` and
 //! the asynchronous `PUT /media/v3/upload/{serverName}/{mediaId}`),
 //! authenticated downloads and thumbnails (`/client/v1/media/…`), the
-//! configuration, and the deprecated unauthenticated `/media/v3` downloads.
+//! configuration, URL previews, and the deprecated unauthenticated `/media/v3`
+//! downloads.
 //!
 //! Every media response carries the headers the spec recommends so that a
 //! file opened in a browser cannot run script against the server's origin
@@ -130,10 +131,6 @@ fn legacy_allowed(app: &App) -> Result<()> {
     }
 }
 
-fn url_previews_disabled() -> Error {
-    Error::forbidden("URL previews are disabled")
-}
-
 /// A download's file name: the one in the path, else the one given at upload.
 fn with_name(served: Served, path_name: Option<String>) -> (Vec<u8>, String, ContentDisposition) {
     let disposition = disposition(&served.content_type, path_name.or(served.filename));
@@ -243,19 +240,31 @@ pub async fn legacy_config(
     Ok(get_media_config::v3::Response::new(upload_size(&app)))
 }
 
-/// URL previews would have the server fetch what users paste, and are off.
+/// The OpenGraph data of a pasted URL, when URL previews are on (see
+/// `services::url_preview` for what the server will and will not fetch).
+async fn preview(
+    app: &App,
+    user: &ruma::UserId,
+    url: &str,
+    ts: Option<MilliSecondsSinceUnixEpoch>,
+) -> Result<serde_json::Value> {
+    app.preview_url(user, url, ts.map(|t| u64::from(t.0))).await
+}
+
 pub async fn preview_url(
-    _app: App,
-    _req: Ruma<authed::get_media_preview::v1::Request>,
+    app: App,
+    req: Ruma<authed::get_media_preview::v1::Request>,
 ) -> Result<authed::get_media_preview::v1::Response> {
-    Err(url_previews_disabled())
+    let og = preview(&app, req.user()?, &req.body.url, req.body.ts).await?;
+    authed::get_media_preview::v1::Response::from_serialize(&og).map_err(|e| Error::Internal(e.to_string()))
 }
 
 pub async fn legacy_preview_url(
-    _app: App,
-    _req: Ruma<get_media_preview::v3::Request>,
+    app: App,
+    req: Ruma<get_media_preview::v3::Request>,
 ) -> Result<get_media_preview::v3::Response> {
-    Err(url_previews_disabled())
+    let og = preview(&app, req.user()?, &req.body.url, req.body.ts).await?;
+    get_media_preview::v3::Response::from_serialize(&og).map_err(|e| Error::Internal(e.to_string()))
 }
 
 // Authenticated downloads
