@@ -289,6 +289,8 @@ DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | gre
     echo "- 7 sliding sync: a new connection's first simplified sliding sync (MSC4186) request for the"
     echo "  first window of the room list of scenario 3's user; skipped when the server answers 404."
     echo "- server CPU: user + system time of the server process (/proc/PID/stat) during a run."
+    echo "- After each set-up (accounts, rooms, history) the load generator waits until the server's CPU"
+    echo "  falls below 5 % of a core (at most 60 s), so work deferred by the set-up is not measured."
     if [ -f "$ROOT/bench/analysis.md" ]; then
         echo
         cat "$ROOT/bench/analysis.md"

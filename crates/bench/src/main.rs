@@ -185,6 +185,31 @@ impl Ctx {
         .await
     }
 
+    /// After a set-up, waits (at most 60 s) until the server's CPU falls
+    /// below 5 % of a core, so that work it deferred (push rule evaluation,
+    /// say) is not billed to the measured runs. Without `--pid`, a fixed second.
+    pub async fn settle(&self) {
+        let Some(pid) = self.args.pid else {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            return;
+        };
+        let started = Instant::now();
+        let mut last = meter::cpu_secs(pid).unwrap_or(0.0);
+        for _ in 0..120 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let now = meter::cpu_secs(pid).unwrap_or(0.0);
+            if now - last < 0.025 {
+                break;
+            }
+            last = now;
+        }
+        eprintln!(
+            "[{}] server idle after {:.1} s",
+            self.args.label,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
     pub fn meter(&self) -> meter::Meter {
         meter::Meter::start(self.args.pid)
     }

@@ -31,6 +31,7 @@ pub async fn world<'a>(ctx: &Ctx, slot: &'a mut Option<World>, s: &mut Scenario)
         let setup = Instant::now();
         *slot = Some(build(ctx).await?);
         s.setup_secs = setup.elapsed().as_secs_f64();
+        ctx.settle().await;
     }
     Ok(slot.as_ref().expect("just built"))
 }

@@ -62,6 +62,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     })
     .await?;
     s.setup_secs = setup.elapsed().as_secs_f64();
+    ctx.settle().await;
 
     let mut before_ack = 0usize;
     for run in 0..a.runs {

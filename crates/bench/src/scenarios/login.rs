@@ -30,6 +30,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     let setup = Instant::now();
     let users = ctx.register_many("login", c).await?;
     s.setup_secs = setup.elapsed().as_secs_f64();
+    ctx.settle().await;
     let sv = &ctx.server;
     for run in 0..a.runs {
         // Registrations: worker w registers `<prefix>_reg<run>_<w>_<k>`.

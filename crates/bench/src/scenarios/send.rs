@@ -41,6 +41,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     })
     .await?;
     s.setup_secs = setup.elapsed().as_secs_f64();
+    ctx.settle().await;
 
     for run in 0..a.runs {
         let meter = ctx.meter();

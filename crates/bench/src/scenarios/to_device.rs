@@ -86,6 +86,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     .await?;
     drop(p);
     s.setup_secs = setup.elapsed().as_secs_f64();
+    ctx.settle().await;
 
     let seen: Seen = Arc::new(Mutex::new(vec![vec![None; devices.len()]; a.runs]));
     let polling = Arc::new(AtomicUsize::new(0));
