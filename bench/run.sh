@@ -29,7 +29,7 @@ MISSIVE_PORT=$(free_port)
 SYNAPSE_PORT=$(free_port)
 while [ "$SYNAPSE_PORT" = "$MISSIVE_PORT" ]; do SYNAPSE_PORT=$(free_port); done
 RUN_DIR="$WORK/run"
-COMMAND="bench/run.sh${BENCH_RUNS:+ (BENCH_RUNS=$BENCH_RUNS)}${BENCH_ARGS:+ (BENCH_ARGS=\"$BENCH_ARGS\")}"
+COMMAND="${BENCH_WAIT_QUIET:+BENCH_WAIT_QUIET=1 }${BENCH_RUNS:+BENCH_RUNS=$BENCH_RUNS }${BENCH_ARGS:+BENCH_ARGS=\"$BENCH_ARGS\" }bench/run.sh"
 
 say() { echo "== $*" >&2; }
 
@@ -217,7 +217,8 @@ DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | gre
     echo "with the spread (min–max) in brackets; the last column says which server is ahead and by how"
     echo "many times (for times and memory: the larger over the smaller)."
     echo
-    echo "Command: \`$COMMAND\`"
+    echo "Command: \`$COMMAND\`${BENCH_WAIT_QUIET:+ (the 1-minute load must be below 0.7 before the runs start).}"
+    echo "SQLite only: PostgreSQL columns come with the PostgreSQL backend (issue 7)."
     echo
     "$BENCH" compare "$RUN_DIR/missive.json" "$RUN_DIR/synapse.json"
     echo
