@@ -920,3 +920,23 @@ async fn room_summaries_show_what_may_be_previewed() {
         .await;
     assert_eq!((r.status, r.errcode()), (404, "M_NOT_FOUND"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_rooms_created_at_once_get_distinct_ids() {
+    let server = TestServer::start().await;
+    let alice = Raw::register(&server, "alice").await;
+    let mut tasks = vec![];
+    for _ in 0..12 {
+        let a = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            a.call("POST", "/_matrix/client/v3/createRoom", Some(json!({}))).await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        ids.insert(r.body["room_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 12);
+}

@@ -69,6 +69,7 @@ enum Admin {
 }
 
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -79,7 +80,12 @@ fn main() -> anyhow::Result<()> {
     // log them through tracing rather than as raw stderr text.
     std::panic::set_hook(Box::new(|info| tracing::warn!(panic = %info, "caught a panic")));
     let config = config::load(cli.config.as_deref())?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Blocking threads (SQLite, hashing, thumbnails) each keep a malloc arena:
+    // a bounded pool keeps the resident size bounded too.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(config).await,
@@ -189,4 +195,17 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// glibc gives each thread that allocates its own arena and rarely hands
+/// their memory back: a server with many short bursts on many threads then
+/// keeps the peak forever. Two arenas keep the resident size close to what
+/// is in use, at a negligible cost in contention for this workload.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }

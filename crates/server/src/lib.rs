@@ -40,6 +40,7 @@ pub struct AppInner {
     /// Simplified sliding sync connections and the positions they were sent.
     pub sliding_connections: services::sliding_sync::Connections,
     pub rate_limiter: services::ratelimit::RateLimiter,
+    pub password_hashing: services::accounts::PasswordHashing,
     /// URL previews already built.
     pub url_previews: services::url_preview::UrlPreviews,
 }
@@ -81,6 +82,7 @@ impl App {
             room_locks: RoomLocks::default(),
             uia: UiaSessions::default(),
             rate_limiter: Default::default(),
+            password_hashing: Default::default(),
             url_previews: Default::default(),
             media,
             push,

@@ -74,7 +74,7 @@ impl Store {
 
     fn cache_state(&self, group: i64, map: Arc<StateMap>) {
         if let Ok(mut c) = self.inner.state_cache.lock() {
-            if c.len() > 10_000 {
+            if c.len() > 2_000 {
                 c.clear();
             }
             c.insert(group, map);
@@ -101,7 +101,13 @@ impl Store {
                 tx.execute(
                     "INSERT INTO rooms (room_id, room_version, creator) VALUES (?1, ?2, ?3)",
                     params![room_id, r.room_version, r.creator],
-                )?;
+                )
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                        StoreError::Exists
+                    }
+                    e => e.into(),
+                })?;
             }
             let prev: Option<(i64, i64)> = tx
                 .query_row(

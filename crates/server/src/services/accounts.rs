@@ -37,26 +37,46 @@ pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-pub async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        use argon2::{Argon2, PasswordHasher, password_hash::SaltString};
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| Error::Internal(format!("password hashing: {e}")))
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))?
+/// Password hashing is CPU- and memory-bound (Argon2id, 19 MiB each): at
+/// most this many run at once, whatever the number of clients logging in,
+/// so a burst of logins queues instead of growing threads and memory.
+pub struct PasswordHashing(tokio::sync::Semaphore);
+
+impl Default for PasswordHashing {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        PasswordHashing(tokio::sync::Semaphore::new(cores))
+    }
 }
 
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        use argon2::{Argon2, PasswordHash, PasswordVerifier};
-        PasswordHash::new(&hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-    })
-    .await
-    .unwrap_or(false)
+impl PasswordHashing {
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let _permit = self.0.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String> {
+        self.run(move || {
+            use argon2::{Argon2, PasswordHasher, password_hash::SaltString};
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| Error::Internal(format!("password hashing: {e}")))
+        })
+        .await?
+    }
+
+    pub async fn verify(&self, password: String, hash: String) -> bool {
+        self.run(move || {
+            use argon2::{Argon2, PasswordHash, PasswordVerifier};
+            PasswordHash::new(&hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        })
+        .await
+        .unwrap_or(false)
+    }
 }
 
 /// Checks a localpart against the spec's grammar for new user IDs.
@@ -110,7 +130,7 @@ impl App {
     /// Creates the account; `None` password means it cannot log in with one.
     pub async fn create_account(&self, user: &UserId, password: Option<String>, is_admin: bool) -> Result<()> {
         let hash = match password {
-            Some(p) => Some(hash_password(p).await?),
+            Some(p) => Some(self.password_hashing.hash(p).await?),
             None => None,
         };
         match self.store.create_user(user.to_string(), hash, is_admin).await {
@@ -183,7 +203,7 @@ impl App {
         let Some(hash) = row.password_hash else {
             return Ok(false);
         };
-        Ok(verify_password(password.to_owned(), hash).await)
+        Ok(self.password_hashing.verify(password.to_owned(), hash).await)
     }
 }
 

@@ -91,18 +91,31 @@ impl App {
             extra.extend(req.invite.iter().map(|u| Value::from(u.as_str())));
             create.insert("additional_creators".into(), extra.into());
         }
-        let create_pdu = self
-            .append_local(
-                Target::NewRoom(&version),
-                creator,
-                NewEvent::state(TimelineEventType::RoomCreate, "", Value::Object(create)),
-                None,
-                Some(NewRoom {
-                    room_version: version.id.to_string(),
-                    creator: creator.to_string(),
-                }),
-            )
-            .await?;
+        // A v12 room's ID is the hash of its create event, so two identical
+        // creations by one user in the same millisecond would collide: the
+        // second waits a millisecond and gets a later timestamp.
+        let mut attempts = 0;
+        let create_pdu = loop {
+            let made = self
+                .append_local(
+                    Target::NewRoom(&version),
+                    creator,
+                    NewEvent::state(TimelineEventType::RoomCreate, "", Value::Object(create.clone())),
+                    None,
+                    Some(NewRoom {
+                        room_version: version.id.to_string(),
+                        creator: creator.to_string(),
+                    }),
+                )
+                .await;
+            match made {
+                Err(e) if e.errcode() == "M_ROOM_IN_USE" && attempts < 10 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                other => break other?,
+            }
+        };
         let room_id = create_pdu.room_id.clone();
         let _guard = self.room_locks.lock(&room_id).await;
         let send = |kind: TimelineEventType, key: &str, content: Value| {

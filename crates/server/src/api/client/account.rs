@@ -2,12 +2,7 @@
 
 use ruma::api::client::account::{ThirdPartyIdRemovalStatus, change_password, deactivate, whoami};
 
-use crate::{
-    App, Result,
-    api::client::uia_auth,
-    ruma_wrapper::Ruma,
-    services::{accounts::hash_password, uia},
-};
+use crate::{App, Result, api::client::uia_auth, ruma_wrapper::Ruma, services::uia};
 
 pub async fn whoami(_app: App, req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response> {
     let s = req.session()?;
@@ -23,7 +18,7 @@ pub async fn change_password(
     let s = req.session()?.clone();
     app.uia(uia_auth(&req).as_ref(), &[&[uia::PASSWORD]], Some(&s.user_id))
         .await?;
-    let hash = hash_password(req.body.new_password.clone()).await?;
+    let hash = app.password_hashing.hash(req.body.new_password.clone()).await?;
     app.store.set_password(s.user_id.to_string(), hash).await?;
     if req.body.logout_devices {
         let others = app
