@@ -71,6 +71,10 @@ impl<R> Ruma<R> {
             .as_ref()
             .ok_or_else(|| Error::missing_token("Missing access token"))
     }
+    /// The caller, if authenticated (for endpoints where a token is optional).
+    pub fn viewer(&self) -> Option<&ruma::UserId> {
+        self.session.as_ref().map(|s| &*s.user_id)
+    }
     pub fn user(&self) -> Result<&OwnedUserId> {
         Ok(&self.session()?.user_id)
     }

@@ -274,15 +274,8 @@ pub async fn download(
     req: Ruma<authed::get_content::v1::Request>,
 ) -> Result<authed::get_content::v1::Response> {
     let b = &req.body;
-    let (file, content_type, disposition) = download_file(
-        &app,
-        req.session.as_ref().map(|s| &*s.user_id),
-        &b.server_name,
-        &b.media_id,
-        None,
-        b.timeout_ms,
-    )
-    .await?;
+    let (file, content_type, disposition) =
+        download_file(&app, req.viewer(), &b.server_name, &b.media_id, None, b.timeout_ms).await?;
     Ok(authed::get_content::v1::Response::new(file, content_type, disposition))
 }
 
@@ -293,7 +286,7 @@ pub async fn download_as(
     let b = &req.body;
     let (file, content_type, disposition) = download_file(
         &app,
-        req.session.as_ref().map(|s| &*s.user_id),
+        req.viewer(),
         &b.server_name,
         &b.media_id,
         Some(b.filename.clone()),
@@ -313,15 +306,8 @@ pub async fn thumbnail(
 ) -> Result<authed::get_content_thumbnail::v1::Response> {
     let b = &req.body;
     let size = thumbnail_size(b.width, b.height, b.method.clone())?;
-    let (file, content_type, disposition) = thumbnail_file(
-        &app,
-        req.session.as_ref().map(|s| &*s.user_id),
-        &b.server_name,
-        &b.media_id,
-        size,
-        b.timeout_ms,
-    )
-    .await?;
+    let (file, content_type, disposition) =
+        thumbnail_file(&app, req.viewer(), &b.server_name, &b.media_id, size, b.timeout_ms).await?;
     Ok(authed::get_content_thumbnail::v1::Response::new(
         file,
         content_type,
@@ -334,15 +320,8 @@ pub async fn thumbnail(
 pub async fn legacy_download(app: App, req: Ruma<get_content::v3::Request>) -> Result<get_content::v3::Response> {
     legacy_allowed(&app)?;
     let b = &req.body;
-    let (file, content_type, disposition) = download_file(
-        &app,
-        req.session.as_ref().map(|s| &*s.user_id),
-        &b.server_name,
-        &b.media_id,
-        None,
-        b.timeout_ms,
-    )
-    .await?;
+    let (file, content_type, disposition) =
+        download_file(&app, req.viewer(), &b.server_name, &b.media_id, None, b.timeout_ms).await?;
     Ok(get_content::v3::Response::new(file, content_type, disposition))
 }
 
@@ -354,7 +333,7 @@ pub async fn legacy_download_as(
     let b = &req.body;
     let (file, content_type, disposition) = download_file(
         &app,
-        req.session.as_ref().map(|s| &*s.user_id),
+        req.viewer(),
         &b.server_name,
         &b.media_id,
         Some(b.filename.clone()),
@@ -375,15 +354,8 @@ pub async fn legacy_thumbnail(
     legacy_allowed(&app)?;
     let b = &req.body;
     let size = thumbnail_size(b.width, b.height, b.method.clone())?;
-    let (file, content_type, disposition) = thumbnail_file(
-        &app,
-        req.session.as_ref().map(|s| &*s.user_id),
-        &b.server_name,
-        &b.media_id,
-        size,
-        b.timeout_ms,
-    )
-    .await?;
+    let (file, content_type, disposition) =
+        thumbnail_file(&app, req.viewer(), &b.server_name, &b.media_id, size, b.timeout_ms).await?;
     Ok(get_content_thumbnail::v3::Response::new(
         file,
         content_type,
