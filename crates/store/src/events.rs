@@ -322,6 +322,27 @@ impl Store {
         .await
     }
 
+    /// The current state entries of a room for the given (type, state_key) keys.
+    pub async fn current_state_ids_for(&self, room_id: String, keys: Vec<(String, String)>) -> Result<StateMap> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT event_id FROM current_state WHERE room_id = ?1 AND type = ?2 AND state_key = ?3",
+            )?;
+            let mut map = StateMap::new();
+            for (t, k) in keys {
+                if let Some(e) = st
+                    .query_row(params![room_id, t, k], |r| r.get::<_, String>(0))
+                    .optional()?
+                {
+                    let e = OwnedEventId::try_from(e).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    map.insert((t.into(), k), e);
+                }
+            }
+            Ok(map)
+        })
+        .await
+    }
+
     pub async fn current_state_event(
         &self,
         room_id: String,

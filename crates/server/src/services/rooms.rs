@@ -212,19 +212,31 @@ impl App {
             Target::NewRoom(v) => (None, v),
         };
         let rules = &version.rules;
-        let (prev_events, depth, state) = match room_id {
-            Some(r) => {
-                let (prev, depth) = self.store.forward_extremities(r.to_string()).await?;
-                (prev, depth + 1, self.store.current_state_ids(r.to_string()).await?)
-            }
-            None => (vec![], 1, StateMap::new()),
-        };
         let content_raw = serde_json::value::to_raw_value(&new.content).map_err(|e| Error::bad_json(e.to_string()))?;
         let auth_keys = auth::auth_types(rules, &new.kind, sender, new.state_key.as_deref(), &content_raw)
             .map_err(Error::bad_json)?;
-        let auth_events: Vec<OwnedEventId> = auth_keys.iter().filter_map(|k| state.get(k).cloned()).collect();
         let mut check_keys = auth_keys.clone();
         check_keys.push((StateEventType::RoomCreate, String::new()));
+        // Only the state entries the auth rules and `unsigned` look at are
+        // read, not the room's whole state: a send costs the same in a room
+        // of three members and in one of thousands.
+        let mut wanted_keys = check_keys.clone();
+        if let Some(sk) = &new.state_key {
+            wanted_keys.push((new.kind.to_string().into(), sk.clone()));
+        }
+        let (prev_events, depth, state) = match room_id {
+            Some(r) => {
+                let (prev, depth) = self.store.forward_extremities(r.to_string()).await?;
+                let keys = wanted_keys.iter().map(|(t, k)| (t.to_string(), k.clone())).collect();
+                (
+                    prev,
+                    depth + 1,
+                    self.store.current_state_ids_for(r.to_string(), keys).await?,
+                )
+            }
+            None => (vec![], 1, StateMap::new()),
+        };
+        let auth_events: Vec<OwnedEventId> = auth_keys.iter().filter_map(|k| state.get(k).cloned()).collect();
         let replaced = new
             .state_key
             .as_ref()
