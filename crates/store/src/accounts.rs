@@ -1,14 +1,14 @@
 //! Users, devices, access and refresh tokens, registration tokens, the
 //! server's signing keys.
 
-use rusqlite::{OptionalExtension, params};
+use crate::db::{OptionalExtension, params};
 
 use crate::{
     DeviceRow, RegistrationToken, Result, StoreError, TokenOwner, UserRow,
-    sqlite::{Store, now_ms},
+    store::{Store, now_ms},
 };
 
-fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+fn user_row(r: &crate::db::Row) -> crate::db::Result<UserRow> {
     Ok(UserRow {
         user_id: r.get(0)?,
         password_hash: r.get(1)?,
@@ -98,7 +98,7 @@ impl Store {
             let devices: Vec<String> = tx
                 .prepare("SELECT device_id FROM devices WHERE user_id = ?1")?
                 .query_map([&user_id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::Result<_>>()?;
             for d in &devices {
                 crate::e2ee::delete_device_e2ee(tx, &user_id, d)?;
             }
@@ -273,7 +273,7 @@ impl Store {
             let rows = st.query_map([user_id], |r| {
                 Ok(DeviceRow { device_id: r.get(0)?, display_name: r.get(1)?, last_seen_ts: r.get(2)?, last_seen_ip: r.get(3)? })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }

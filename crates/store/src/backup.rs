@@ -3,9 +3,9 @@
 //! copies of a session to keep (`is_verified`, `first_message_index`,
 //! `forwarded_count`); the keys themselves are encrypted by the client.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 
-use crate::{Result, sqlite::Store};
+use crate::{Result, store::Store};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupVersion {
@@ -58,7 +58,7 @@ pub enum BackupWrite {
     },
 }
 
-fn current_version(c: &Connection, user: &str) -> rusqlite::Result<Option<i64>> {
+fn current_version(c: &Connection<'_>, user: &str) -> crate::db::Result<Option<i64>> {
     c.query_row(
         "SELECT MAX(version) FROM backup_versions WHERE user_id = ?1 AND deleted = 0",
         [user],
@@ -66,7 +66,7 @@ fn current_version(c: &Connection, user: &str) -> rusqlite::Result<Option<i64>> 
     )
 }
 
-fn exists(c: &Connection, user: &str, version: i64) -> rusqlite::Result<bool> {
+fn exists(c: &Connection<'_>, user: &str, version: i64) -> crate::db::Result<bool> {
     c.query_row(
         "SELECT EXISTS (SELECT 1 FROM backup_versions WHERE user_id = ?1 AND version = ?2 AND deleted = 0)",
         params![user, version],
@@ -74,7 +74,7 @@ fn exists(c: &Connection, user: &str, version: i64) -> rusqlite::Result<bool> {
     )
 }
 
-fn etag_and_count(c: &Connection, user: &str, version: i64) -> rusqlite::Result<(i64, i64)> {
+fn etag_and_count(c: &Connection<'_>, user: &str, version: i64) -> crate::db::Result<(i64, i64)> {
     c.query_row(
         "SELECT v.etag, (SELECT COUNT(*) FROM backup_keys k WHERE k.user_id = v.user_id AND k.version = v.version) \
          FROM backup_versions v WHERE v.user_id = ?1 AND v.version = ?2",
@@ -83,7 +83,7 @@ fn etag_and_count(c: &Connection, user: &str, version: i64) -> rusqlite::Result<
     )
 }
 
-fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackupKey> {
+fn key_row(r: &crate::db::Row) -> crate::db::Result<BackupKey> {
     Ok(BackupKey {
         room_id: r.get(0)?,
         session_id: r.get(1)?,
@@ -241,7 +241,7 @@ impl Store {
                  ORDER BY room_id, session_id",
             )?;
             let rows = st.query_map(params![user_id, version, room_id, session_id], key_row)?;
-            Ok(Some(rows.collect::<rusqlite::Result<_>>()?))
+            Ok(Some(rows.collect::<crate::db::Result<_>>()?))
         })
         .await
     }

@@ -2,12 +2,12 @@
 //! server, with keys and an encrypted pickle, so that messages sent while
 //! all their devices are offline can still be decrypted later.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use crate::db::{OptionalExtension, Transaction, params};
 
 use crate::{
     Result, StoreError,
     e2ee::{KeyUpload, delete_device_e2ee, record_device_change, store_keys},
-    sqlite::{Positions, Store, now_ms},
+    store::{Positions, Store, now_ms},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct DehydratedDevice {
 }
 
 /// Deletes the user's dehydrated device, if any; returns its ID.
-fn delete_current(tx: &Transaction, positions: &mut Positions, user: &str) -> Result<Option<String>> {
+fn delete_current(tx: &Transaction<'_>, positions: &mut Positions, user: &str) -> Result<Option<String>> {
     let old: Option<String> = tx
         .query_row(
             "SELECT device_id FROM dehydrated_devices WHERE user_id = ?1",

@@ -1,12 +1,12 @@
 //! The user directory, what the room directory and space hierarchy show of a
 //! room, and content reports.
 
-use rusqlite::{OptionalExtension, params};
+use crate::db::{OptionalExtension, params};
 use serde_json::Value;
 
 use crate::{
     Result, StoreError,
-    sqlite::{Store, now_ms},
+    store::{Store, now_ms},
 };
 
 /// A local user as the user directory shows them.
@@ -65,7 +65,7 @@ impl Store {
                     avatar_url: r.get(2)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -115,9 +115,9 @@ impl Store {
                 ReportTarget::Room { room_id } => ("room", Some(room_id), None, None),
                 ReportTarget::User { user_id } => ("user", None, None, Some(user_id)),
             };
-            tx.execute(
+            Ok(tx.query_row(
                 "INSERT INTO reports (reporter, kind, room_id, event_id, user_id, reason, score, received_ts) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
                 params![
                     report.reporter,
                     kind,
@@ -128,8 +128,8 @@ impl Store {
                     report.score,
                     now_ms()
                 ],
-            )?;
-            Ok(tx.last_insert_rowid())
+                |r| r.get(0),
+            )?)
         })
         .await
     }
@@ -151,11 +151,7 @@ impl Store {
                     ("room", Some(room_id), _, _) => ReportTarget::Room { room_id },
                     (_, _, _, Some(user_id)) => ReportTarget::User { user_id },
                     _ => {
-                        return Err(rusqlite::Error::FromSqlConversionFailure(
-                            3,
-                            rusqlite::types::Type::Text,
-                            format!("malformed report of kind {kind}").into(),
-                        ));
+                        return Err(crate::db::DbError::Conversion(3, format!("malformed report of kind {kind}")));
                     }
                 };
                 Ok(ReportRow {
@@ -169,7 +165,7 @@ impl Store {
                     },
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }

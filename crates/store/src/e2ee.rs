@@ -8,11 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use crate::db::{Connection, OptionalExtension, Transaction, params};
 
 use crate::{
     Result, StoreError,
-    sqlite::{Positions, Store, now_ms},
+    store::{Positions, Store, now_ms},
 };
 
 /// A one-time or fallback key as uploaded: `key_id` is `algorithm:name`.
@@ -118,11 +118,11 @@ const TXN_LIFETIME_MS: i64 = 24 * 3600 * 1000;
 
 /// Records that `user`'s devices or keys changed, at a fresh position.
 pub(crate) fn record_device_change(
-    tx: &Transaction,
+    tx: &Transaction<'_>,
     positions: &mut Positions,
     user: &str,
     only_for: Option<&str>,
-) -> rusqlite::Result<i64> {
+) -> crate::db::Result<i64> {
     let pos = positions.take();
     tx.execute(
         "INSERT INTO device_list_changes (stream_pos, user_id, only_for) VALUES (?1, ?2, ?3)",
@@ -135,7 +135,7 @@ pub(crate) fn record_device_change(
 /// signatures on them, its pending to-device messages and the transaction
 /// IDs it sent with, and its dehydrated-device record if it is one. The
 /// caller records the device-list change.
-pub(crate) fn delete_device_e2ee(tx: &Transaction, user: &str, device: &str) -> rusqlite::Result<()> {
+pub(crate) fn delete_device_e2ee(tx: &Transaction<'_>, user: &str, device: &str) -> crate::db::Result<()> {
     for sql in [
         "DELETE FROM device_keys WHERE user_id = ?1 AND device_id = ?2",
         "DELETE FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2",
@@ -160,7 +160,7 @@ fn signed_content(json: &str) -> Option<serde_json::Value> {
 }
 
 /// Stores a device's keys in a write transaction (see [`Store::upload_keys`]).
-pub(crate) fn store_keys(tx: &Transaction, positions: &mut Positions, up: &KeyUpload) -> Result<KeyCounts> {
+pub(crate) fn store_keys(tx: &Transaction<'_>, positions: &mut Positions, up: &KeyUpload) -> Result<KeyCounts> {
     let (user, device) = (up.user_id.as_str(), up.device_id.as_str());
     if let Some(json) = &up.device_keys {
         let old: Option<String> = tx
@@ -218,7 +218,7 @@ pub(crate) fn store_keys(tx: &Transaction, positions: &mut Positions, up: &KeyUp
     Ok(key_counts(tx, user, device)?)
 }
 
-fn key_counts(c: &Connection, user: &str, device: &str) -> rusqlite::Result<KeyCounts> {
+fn key_counts(c: &Connection<'_>, user: &str, device: &str) -> crate::db::Result<KeyCounts> {
     let mut out = KeyCounts::default();
     let mut st = c.prepare_cached(
         "SELECT algorithm, COUNT(*) FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2 GROUP BY algorithm",
@@ -234,12 +234,12 @@ fn key_counts(c: &Connection, user: &str, device: &str) -> rusqlite::Result<KeyC
     )?;
     out.unused_fallback = st
         .query_map(params![user, device], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     Ok(out)
 }
 
 /// Whether two users are both joined to, or invited to, a common room.
-fn share_room(c: &Connection, a: &str, b: &str) -> rusqlite::Result<bool> {
+fn share_room(c: &Connection<'_>, a: &str, b: &str) -> crate::db::Result<bool> {
     c.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM current_state x JOIN current_state y ON x.room_id = y.room_id \
          WHERE x.type = 'm.room.member' AND x.state_key = ?1 AND x.membership IN ('join', 'invite') \
@@ -248,7 +248,7 @@ fn share_room(c: &Connection, a: &str, b: &str) -> rusqlite::Result<bool> {
     .query_row(params![a, b], |r| r.get(0))
 }
 
-fn present_members(c: &Connection, room: &str) -> rusqlite::Result<Vec<String>> {
+fn present_members(c: &Connection<'_>, room: &str) -> crate::db::Result<Vec<String>> {
     c.prepare_cached(
         "SELECT state_key FROM current_state WHERE room_id = ?1 AND type = 'm.room.member' \
          AND membership IN ('join', 'invite')",
@@ -257,7 +257,7 @@ fn present_members(c: &Connection, room: &str) -> rusqlite::Result<Vec<String>> 
     .collect()
 }
 
-fn device_list_updates(c: &Connection, user: &str, since: i64, upto: i64) -> rusqlite::Result<DeviceListUpdates> {
+fn device_list_updates(c: &Connection<'_>, user: &str, since: i64, upto: i64) -> crate::db::Result<DeviceListUpdates> {
     let mut changed: BTreeSet<String> = BTreeSet::new();
     let mut left: BTreeSet<String> = BTreeSet::new();
     // Shown to the user whatever rooms they share: changes made for them.
@@ -289,7 +289,7 @@ fn device_list_updates(c: &Connection, user: &str, since: i64, upto: i64) -> rus
     )?;
     let rows: Vec<(String, String, Option<String>)> = st
         .query_map(params![user, since, upto], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (room, target, membership) in rows {
         let present = matches!(membership.as_deref(), Some("join") | Some("invite"));
         if target == user {
@@ -408,7 +408,7 @@ impl Store {
                     json: r.get(2)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -582,7 +582,7 @@ impl Store {
             for t in &targets {
                 let devices: Vec<String> = devices_of
                     .query_map([&t.user_id], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<crate::db::Result<_>>()?;
                 for d in devices {
                     if t.device_id.as_ref().is_some_and(|want| *want != d) {
                         continue;
@@ -619,7 +619,7 @@ impl Store {
                     content: r.get(3)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }

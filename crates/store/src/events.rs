@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use missive_core::{auth::StateMap, pdu::Pdu};
 use ruma::{OwnedEventId, OwnedRoomId, events::StateEventType};
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 
 use crate::{
-    Direction, Membership, NewRoomEvent, Result, RoomPositions, RoomRow, StoreError, StoredEvent, sqlite::Store,
+    Direction, Membership, NewRoomEvent, Result, RoomPositions, RoomRow, StoreError, StoredEvent, store::Store,
 };
 
 /// A delta chain longer than this is cut by a full snapshot, bounding reads.
@@ -17,7 +17,7 @@ const MAX_CHAIN: i64 = 32;
 pub(crate) const EVENT_COLS: &str =
     "stream_pos, event_id, room_id, json, unsigned, state_group, redacted_by, txn_device, txn_id";
 
-pub(crate) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+pub(crate) fn event_row(r: &crate::db::Row) -> crate::db::Result<StoredEvent> {
     let event_id: String = r.get(1)?;
     let room_id: String = r.get(2)?;
     let json: String = r.get(3)?;
@@ -38,7 +38,7 @@ pub(crate) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> 
     })
 }
 
-fn load_state_group(c: &Connection, group: i64) -> Result<StateMap> {
+fn load_state_group(c: &Connection<'_>, group: i64) -> Result<StateMap> {
     // Walk up the chain to the snapshot, then apply deltas oldest first.
     let mut chain = vec![group];
     let mut cur = group;
@@ -102,12 +102,7 @@ impl Store {
                     "INSERT INTO rooms (room_id, room_version, creator) VALUES (?1, ?2, ?3)",
                     params![room_id, r.room_version, r.creator],
                 )
-                .map_err(|e| match e {
-                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                        StoreError::Exists
-                    }
-                    e => e.into(),
-                })?;
+                .map_err(|e| if e.is_unique_violation() { StoreError::Exists } else { e.into() })?;
             }
             let prev: Option<(i64, i64)> = tx
                 .query_row(
@@ -126,11 +121,11 @@ impl Store {
                         Some((g, len)) if !snapshot => (Some(g), len + 1),
                         _ => (None, 0),
                     };
-                    tx.execute(
-                        "INSERT INTO state_groups (room_id, prev_id, chain_len) VALUES (?1, ?2, ?3)",
+                    let g: i64 = tx.query_row(
+                        "INSERT INTO state_groups (room_id, prev_id, chain_len) VALUES (?1, ?2, ?3) RETURNING id",
                         params![room_id, prev_id, len],
+                        |r| r.get(0),
                     )?;
-                    let g = tx.last_insert_rowid();
                     let mut ins = tx.prepare_cached(
                         "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)",
                     )?;
@@ -173,10 +168,7 @@ impl Store {
                     txn_id,
                 ],
             )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => StoreError::Exists,
-                e => e.into(),
-            })?;
+            .map_err(|e| if e.is_unique_violation() { StoreError::Exists } else { e.into() })?;
             crate::search::index_event(tx, pos, pdu)?;
             for media_id in &ev.media_refs {
                 tx.execute(
@@ -241,7 +233,7 @@ impl Store {
         self.read(|c| {
             let mut st = c.prepare("SELECT room_id FROM rooms WHERE published = 1")?;
             let rows = st.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -378,7 +370,7 @@ impl Store {
                     stream_pos: r.get(3)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -390,7 +382,7 @@ impl Store {
                 "SELECT state_key, membership FROM current_state WHERE room_id = ?1 AND type = 'm.room.member'",
             )?;
             let rows = st.query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -415,7 +407,7 @@ impl Store {
             let mut st =
                 c.prepare_cached("SELECT DISTINCT room_id FROM events WHERE stream_pos > ?1 AND stream_pos <= ?2")?;
             let rows = st.query_map(params![since, upto], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -447,7 +439,7 @@ impl Store {
             });
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(params![room_id, from, bound, limit as i64], event_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -502,7 +494,7 @@ impl Store {
             );
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(params![parent, rel_type, event_type, start, limit as i64], event_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -516,7 +508,7 @@ impl Store {
                  ORDER BY stream_pos ASC",
             )?;
             let rows = st.query_map([parent], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -537,7 +529,7 @@ impl Store {
             );
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(params![room_id, before.unwrap_or(i64::MAX), limit as i64], |r| Ok((event_row(r)?, r.get(9)?)))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -560,7 +552,7 @@ impl Store {
         self.read(move |c| {
             let mut st = c.prepare_cached("SELECT event_id FROM media_refs WHERE media_id = ?1 LIMIT 100")?;
             let rows = st.query_map([media_id], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -580,7 +572,7 @@ impl Store {
         self.read(move |c| {
             let mut st = c.prepare_cached("SELECT room_id FROM forgotten_rooms WHERE user_id = ?1")?;
             let rows = st.query_map([user_id], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -610,8 +602,8 @@ impl Store {
                 let Some(last) = latest.query_row(params![room_id, upto], |r| r.get::<_, Option<i64>>(0))? else {
                     continue;
                 };
-                let mut args: Vec<&dyn rusqlite::ToSql> = vec![&room_id, &upto];
-                args.extend(types.iter().map(|t| t as &dyn rusqlite::ToSql));
+                let mut args: Vec<&dyn crate::db::ToValue> = vec![&room_id, &upto];
+                args.extend(types.iter().map(|t| t as &dyn crate::db::ToValue));
                 let bumped = bump.query_row(args.as_slice(), |r| r.get(0)).optional()?;
                 out.push(RoomPositions { room_id, last, bumped });
             }

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod backup;
+pub mod db;
 pub mod dehydrated;
 pub mod directory;
 pub mod e2ee;
@@ -16,16 +17,16 @@ pub mod media;
 mod misc;
 pub mod push;
 pub mod search;
-mod sqlite;
+mod store;
 pub mod types;
 
-pub use sqlite::Store;
+pub use store::{Positions, Store};
 pub use types::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Db(#[from] db::DbError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("already exists")]

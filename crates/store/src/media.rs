@@ -3,9 +3,9 @@
 //! under their SHA-256; a row reserved by `/media/v1/create` has no content
 //! (`sha256` is NULL) until its upload, and lapses at `expires_ts`.
 
-use rusqlite::{OptionalExtension, params};
+use crate::db::{OptionalExtension, params};
 
-use crate::{Result, StoreError, sqlite::Store};
+use crate::{Result, StoreError, store::Store};
 
 /// A media ID's metadata.
 #[derive(Clone, Debug)]
@@ -46,7 +46,7 @@ pub enum CompleteUpload {
     AlreadyUploaded,
 }
 
-fn media_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
+fn media_row(r: &crate::db::Row) -> crate::db::Result<MediaRow> {
     Ok(MediaRow {
         media_id: r.get(0)?,
         uploader: r.get(1)?,

@@ -1,8 +1,8 @@
 //! Room aliases, account data, receipts and filters.
 
-use rusqlite::{OptionalExtension, params};
+use crate::db::{OptionalExtension, params};
 
-use crate::{AccountDataRow, ReceiptRow, Result, StoreError, sqlite::Store};
+use crate::{AccountDataRow, ReceiptRow, Result, StoreError, store::Store};
 
 impl Store {
     pub async fn set_alias(&self, alias: String, room_id: String, creator: String) -> Result<()> {
@@ -38,7 +38,7 @@ impl Store {
         self.read(move |c| {
             let mut st = c.prepare_cached("SELECT alias FROM room_aliases WHERE room_id = ?1 ORDER BY alias")?;
             let rows = st.query_map([room_id], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -98,7 +98,7 @@ impl Store {
                     stream_pos: r.get(3)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -143,7 +143,7 @@ impl Store {
                     stream_pos: r.get(5)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }

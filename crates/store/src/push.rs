@@ -11,10 +11,10 @@
 
 use std::collections::HashMap;
 
-use rusqlite::params;
+use crate::db::params;
 use serde_json::Value;
 
-use crate::{Result, StoreError, sqlite::Store};
+use crate::{Result, StoreError, store::Store};
 
 /// Notifications older than this are pruned.
 const KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
@@ -78,7 +78,7 @@ pub struct PusherRow {
     pub device_id: Option<String>,
 }
 
-fn pusher_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PusherRow> {
+fn pusher_row(r: &crate::db::Row) -> crate::db::Result<PusherRow> {
     let json: String = r.get(4)?;
     Ok(PusherRow {
         user_id: r.get(0)?,
@@ -120,7 +120,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(None);
         }
-        let now = crate::sqlite::now_ms();
+        let now = crate::store::now_ms();
         self.write(move |tx, pos| {
             let p = pos.take();
             let mut ins = tx.prepare_cached(
@@ -231,7 +231,7 @@ impl Store {
                     })
                 },
             )?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -285,7 +285,7 @@ impl Store {
                 "SELECT {PUSHER_COLS} FROM pushers WHERE user_id = ?1 ORDER BY rowid"
             ))?;
             let rows = st.query_map([user_id], pusher_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }

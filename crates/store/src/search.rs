@@ -13,13 +13,13 @@
 //! caller's business: queries here take the rooms to look in.
 
 use missive_core::pdu::Pdu;
-use rusqlite::{Connection, params};
+use crate::db::{Connection, params};
 use serde_json::Value;
 
 use crate::{
     Result, StoredEvent,
     events::{EVENT_COLS, event_row},
-    sqlite::Store,
+    store::Store,
 };
 
 /// The content fields the index holds, in their column order.
@@ -132,7 +132,7 @@ fn searchable_text(kind: &str, content: &str) -> Option<[Option<String>; 3]> {
 }
 
 /// Indexes a new event, in the transaction that appends it at `pos`.
-pub(crate) fn index_event(tx: &Connection, pos: i64, pdu: &Pdu) -> Result<()> {
+pub(crate) fn index_event(tx: &Connection<'_>, pos: i64, pdu: &Pdu) -> Result<()> {
     if let Some([body, name, topic]) = searchable_text(&pdu.kind.to_string(), pdu.content.get()) {
         tx.prepare_cached("INSERT INTO event_search (rowid, body, name, topic) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![pos, body, name, topic])?;
@@ -141,21 +141,15 @@ pub(crate) fn index_event(tx: &Connection, pos: i64, pdu: &Pdu) -> Result<()> {
 }
 
 /// Drops a redacted event from the index, in the redaction's transaction.
-pub(crate) fn unindex_event(tx: &Connection, event_id: &str) -> Result<()> {
+pub(crate) fn unindex_event(tx: &Connection<'_>, event_id: &str) -> Result<()> {
     tx.prepare_cached("DELETE FROM event_search WHERE rowid = (SELECT stream_pos FROM events WHERE event_id = ?1)")?
         .execute([event_id])?;
     Ok(())
 }
 
-/// Indexes the events stored before the index existed, once.
-pub(crate) fn backfill(conn: &Connection) -> Result<()> {
-    let tx = conn.unchecked_transaction()?;
-    backfill_in(&tx)?;
-    tx.commit()?;
-    Ok(())
-}
-
-fn backfill_in(tx: &Connection) -> Result<()> {
+/// Indexes the events stored before the index existed, once; the caller
+/// holds the transaction.
+pub(crate) fn backfill(tx: &Connection<'_>) -> Result<()> {
     let done: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM search_backfill)", [], |r| r.get(0))?;
     if done {
         return Ok(());
@@ -258,7 +252,7 @@ impl Store {
                     })
                 },
             )?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -288,7 +282,7 @@ impl Store {
                     })
                 },
             )?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -301,7 +295,7 @@ impl Store {
                  AND json_extract(json, '$.content.membership') = 'join'",
             )?;
             let rows = st.query_map([user_id], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -378,7 +372,7 @@ mod tests {
 
     #[test]
     fn bundled_sqlite_has_fts5() {
-        let c = Connection::open_in_memory().unwrap();
+        let c = rusqlite::Connection::open_in_memory().unwrap();
         c.execute_batch(
             "CREATE VIRTUAL TABLE t USING fts5(a, content='', contentless_delete=1, \
              tokenize='unicode61 remove_diacritics 2')",
@@ -539,8 +533,8 @@ mod tests {
         store
             .write(|tx, _| {
                 tx.execute_batch("DELETE FROM event_search; DELETE FROM search_backfill;")?;
-                backfill_in(tx)?;
-                backfill_in(tx)
+                backfill(tx)?;
+                backfill(tx)
             })
             .await
             .unwrap();
