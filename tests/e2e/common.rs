@@ -10,13 +10,71 @@ use matrix_sdk::{Client, config::SyncSettings};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-/// A running `missive` process with its own data directory.
+/// A running `missive` process with its own data directory, on SQLite, or
+/// on a fresh PostgreSQL database of its own when `MISSIVE_TEST_POSTGRES`
+/// names a server (`postgres://postgres@127.0.0.1`).
 pub struct TestServer {
     pub url: String,
     pub port: u16,
-    data: tempfile::TempDir,
+    data: std::sync::Arc<tempfile::TempDir>,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    database: Option<std::sync::Arc<TestDatabase>>,
+}
+
+/// A PostgreSQL database made for one test, dropped after it.
+pub struct TestDatabase {
+    server: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// A fresh database on the server `MISSIVE_TEST_POSTGRES` names, if set.
+    pub fn from_env() -> Option<TestDatabase> {
+        let server = std::env::var("MISSIVE_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "missive_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let db = TestDatabase { server, name };
+        db.admin(&[
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name),
+            // C collation: text sorts by bytes, as in SQLite.
+            &format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'",
+                db.name
+            ),
+        ]);
+        Some(db)
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.server.trim_end_matches('/'), self.name)
+    }
+
+    fn admin(&self, statements: &[&str]) {
+        let url = format!("{}/postgres", self.server.trim_end_matches('/'));
+        let statements: Vec<String> = statements.iter().map(|s| (*s).to_owned()).collect();
+        // The synchronous client runs its own runtime: keep it off the test's.
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect to MISSIVE_TEST_POSTGRES");
+            for s in statements {
+                c.batch_execute(&s).expect("database admin statement");
+            }
+        })
+        .join()
+        .expect("database admin thread");
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if std::env::var_os("MISSIVE_TEST_KEEP_DB").is_none() {
+            self.admin(&[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)]);
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -30,7 +88,16 @@ fn free_port() -> u16 {
 impl TestServer {
     /// Starts a server with open registration and the given extra environment.
     pub async fn start_with(env: &[(&str, &str)]) -> TestServer {
-        let data = tempfile::tempdir().expect("tempdir");
+        let data = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+        let database = TestDatabase::from_env().map(std::sync::Arc::new);
+        Self::start_on(data, database, env).await
+    }
+
+    async fn start_on(
+        data: std::sync::Arc<tempfile::TempDir>,
+        database: Option<std::sync::Arc<TestDatabase>>,
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let port = free_port();
         let mut server = TestServer {
             url: format!("http://127.0.0.1:{port}"),
@@ -38,10 +105,39 @@ impl TestServer {
             data,
             child: None,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            database,
         };
         server.spawn().await;
         server
     }
+
+    /// Another process serving the same server: same database, same media
+    /// directory, its own port (PostgreSQL only).
+    pub async fn start_sibling(&self) -> TestServer {
+        assert!(self.database.is_some(), "several processes need PostgreSQL");
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Self::start_on(self.data.clone(), self.database.clone(), &env).await
+    }
+
+    /// Starts a server on SQLite, whatever `MISSIVE_TEST_POSTGRES` says.
+    pub async fn start_sqlite(env: &[(&str, &str)]) -> TestServer {
+        let data = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+        let url = format!("sqlite://{}", data.path().join("missive.db").display());
+        let mut env = env.to_vec();
+        env.push(("MISSIVE_DATABASE_URL", &url));
+        Self::start_on(data, None, &env).await
+    }
+
+    /// Another server on this one's data directory (media, keys) with the
+    /// given extra environment, such as another `MISSIVE_DATABASE_URL`.
+    pub async fn start_on_same_data(&self, env: &[(&str, &str)]) -> TestServer {
+        Self::start_on(self.data.clone(), None, env).await
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
+    }
+
 
     pub async fn start() -> TestServer {
         Self::start_with(&[]).await
@@ -59,9 +155,17 @@ impl TestServer {
                 "MISSIVE_LOG",
                 std::env::var("MISSIVE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdout(Stdio::null())
+            // The server logs to stdout: shown only when a log level is asked for.
+            .stdout(if std::env::var_os("MISSIVE_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        if let Some(db) = &self.database {
+            cmd.env("MISSIVE_DATABASE_URL", db.url());
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -94,15 +198,16 @@ impl TestServer {
 
     /// Runs `missive admin …` against this server's data directory.
     pub async fn admin(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_missive"))
-            .arg("admin")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_missive"));
+        cmd.arg("admin")
             .args(args)
             .env("MISSIVE_DATA_DIR", self.data.path())
             .env("MISSIVE_SERVER_NAME", "localhost")
-            .env("MISSIVE_LOG", "warn")
-            .output()
-            .await
-            .expect("run admin")
+            .env("MISSIVE_LOG", "warn");
+        if let Some(db) = &self.database {
+            cmd.env("MISSIVE_DATABASE_URL", db.url());
+        }
+        cmd.output().await.expect("run admin")
     }
 }
 
@@ -305,9 +410,10 @@ impl TestServer {
         TestServer {
             url: url.to_owned(),
             port: 0,
-            data: tempfile::tempdir().expect("tempdir"),
+            data: std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
             child: None,
             env: vec![],
+            database: None,
         }
     }
 }

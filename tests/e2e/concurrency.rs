@@ -21,14 +21,20 @@ const BIG_TIMELINE: &str = r#"{"room":{"timeline":{"limit":1000}}}"#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_senders_never_make_sync_skip_or_repeat() {
     let server = TestServer::start().await;
-    let owner = Raw::register(&server, "owner").await;
+    concurrent_load(&[&server]).await;
+}
+
+/// The load and the checks, with users spread over `servers` (processes
+/// serving one server name): user `i` talks only to `servers[i % n]`.
+pub async fn concurrent_load(servers: &[&TestServer]) {
+    let owner = Raw::register(servers[0], "owner").await;
     let mut rooms = vec![];
     for _ in 0..ROOMS {
         rooms.push(owner.create_room(json!({ "preset": "public_chat" })).await);
     }
     let mut handles = vec![];
     for i in 0..(SENDERS + WATCHERS) {
-        let url = server.url.clone();
+        let url = servers[i % servers.len()].url.clone();
         let name = format!("user{i}");
         handles.push(tokio::spawn(async move {
             let s = TestServer::connect(&url);

@@ -13,6 +13,8 @@ mod durability;
 mod encryption;
 mod keys;
 mod media;
+mod migrate;
+mod multiprocess;
 mod push;
 mod rooms;
 mod sliding_sync;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use missive_server::{App, Config};
+use missive_server::{App, Config, config::Database};
 use missive_store::{RegistrationToken, Store};
 use tracing_subscriber::EnvFilter;
 
@@ -66,6 +66,15 @@ enum Admin {
         #[arg(long)]
         before: Option<i64>,
     },
+    /// Copy an SQLite database into an empty PostgreSQL database (stop the server first).
+    MigrateDb {
+        /// The SQLite database: `sqlite://PATH`.
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database: `postgres://user@host/database`; it must be empty.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,11 +104,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let path = config.sqlite_path().map_err(anyhow::Error::msg)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    match config.database() {
+        Database::Sqlite(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            Store::open(&path).with_context(|| format!("opening database {}", path.display()))
+        }
+        // The URL may hold a password: it is not repeated in the error.
+        // The PostgreSQL client blocks on its own runtime: not on this one's workers.
+        Database::Url(url) => std::thread::spawn(move || Store::open_url(&url))
+            .join()
+            .map_err(|_| anyhow::anyhow!("opening the PostgreSQL database panicked"))?
+            .context("opening the PostgreSQL database"),
     }
-    Store::open(&path).with_context(|| format!("opening database {}", path.display()))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -142,6 +160,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
+    // It works on the two databases it is given, not on the configured one.
+    if let Admin::MigrateDb { from, to } = command {
+        return migrate_db(from, to);
+    }
     let store = open_store(&config)?;
     let app = App::new(config, store).await?;
     match command {
@@ -176,6 +198,7 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
                 .await?;
             println!("{token}");
         }
+        Admin::MigrateDb { .. } => unreachable!("handled before the store is opened"),
         Admin::Reports { limit, before } => {
             use missive_store::directory::ReportTarget;
             for r in app.store.reports(before, limit).await? {
@@ -194,6 +217,47 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn migrate_db(from: String, to: String) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+
+    let Some(path) = from.strip_prefix("sqlite://") else {
+        bail!("--from must be sqlite://PATH");
+    };
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        bail!("--to must be a postgres:// URL");
+    }
+    let path = PathBuf::from(path);
+    let started = std::time::Instant::now();
+    // The PostgreSQL client blocks on its own runtime: not on this one's workers.
+    let counts = std::thread::spawn(move || {
+        let tty = std::io::stderr().is_terminal();
+        missive_store::migrate::sqlite_to_postgres(&path, &to, |table, rows| {
+            if tty {
+                eprint!("\r\x1b[Kcopying {table}: {rows} rows");
+                let _ = std::io::stderr().flush();
+            }
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the migration panicked"))?;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[K");
+    }
+    // The URL may hold a password: it is not repeated in the error.
+    let counts = counts.context("migrating the database to PostgreSQL")?;
+    let width = counts.iter().map(|c| c.table.len()).fold("total".len(), usize::max);
+    for c in &counts {
+        println!("{:width$}  {}", c.table, c.rows);
+    }
+    println!("{:width$}  {}", "total", counts.iter().map(|c| c.rows).sum::<u64>());
+    println!(
+        "copied {} tables in {:.1} s; row counts match. Point database_url at the PostgreSQL database.",
+        counts.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -40,7 +40,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the database, signing key and media live.
     pub data_dir: PathBuf,
-    /// `sqlite://path` (default: `missive.db` under `data_dir`).
+    /// `sqlite://path` (default: `missive.db` under `data_dir`) or
+    /// `postgres://user@host/database` (any libpq-style URL without TLS).
     pub database_url: Option<String>,
     /// `closed`, `token` or `open`.
     pub registration: Registration,
@@ -113,16 +114,22 @@ impl Default for Config {
     }
 }
 
+/// Where the store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    /// Any other URL (`postgres://…`), checked when the store opens it.
+    Url(String),
+}
+
 impl Config {
-    /// Path of the SQLite database.
-    pub fn sqlite_path(&self) -> Result<PathBuf, String> {
+    /// The database to open: the configured URL, or SQLite under `data_dir`.
+    pub fn database(&self) -> Database {
         match &self.database_url {
-            None => Ok(self.data_dir.join("missive.db")),
+            None => Database::Sqlite(self.data_dir.join("missive.db")),
             Some(url) => match url.strip_prefix("sqlite://") {
-                Some(path) => Ok(PathBuf::from(path)),
-                None => Err(format!(
-                    "unsupported database URL {url:?}: only sqlite:// is available in this build"
-                )),
+                Some(path) => Database::Sqlite(PathBuf::from(path)),
+                None => Database::Url(url.clone()),
             },
         }
     }

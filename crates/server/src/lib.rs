@@ -41,6 +41,8 @@ pub struct AppInner {
     pub sliding_connections: services::sliding_sync::Connections,
     pub rate_limiter: services::ratelimit::RateLimiter,
     pub password_hashing: services::accounts::PasswordHashing,
+    /// Tells this process's messages to other processes from its own.
+    pub process_id: String,
     /// URL previews already built.
     pub url_previews: services::url_preview::UrlPreviews,
 }
@@ -87,8 +89,22 @@ impl App {
             media,
             push,
             sliding_connections: Default::default(),
+            process_id: services::accounts::random_string(16),
         }));
+        app.follow_other_processes();
         push_worker.spawn(&app);
+        // Commits by other processes on the same database (PostgreSQL) wake
+        // this process's waiting syncs too.
+        let mut commits = app.store.subscribe_commits();
+        let weak = Arc::downgrade(&app.0);
+        tokio::spawn(async move {
+            while commits.changed().await.is_ok() {
+                match weak.upgrade() {
+                    Some(inner) => App(inner).notify(),
+                    None => break,
+                }
+            }
+        });
         Ok(app)
     }
 

@@ -56,7 +56,7 @@ impl Store {
     pub async fn create_user(&self, user_id: String, password_hash: Option<String>, is_admin: bool) -> Result<()> {
         self.write(move |tx, _| {
             let n = tx.execute(
-                "INSERT OR IGNORE INTO users (user_id, password_hash, is_admin, created_ts) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO users (user_id, password_hash, is_admin, created_ts) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![user_id, password_hash, is_admin, now_ms()],
             )?;
             if n == 0 { Err(StoreError::Exists) } else { Ok(()) }
@@ -331,7 +331,7 @@ impl Store {
     pub async fn create_registration_token(&self, t: RegistrationToken) -> Result<()> {
         self.write(move |tx, _| {
             let n = tx.execute(
-                "INSERT OR IGNORE INTO registration_tokens (token, uses_allowed, completed, expiry_ts) VALUES (?1, ?2, 0, ?3)",
+                "INSERT INTO registration_tokens (token, uses_allowed, completed, expiry_ts) VALUES (?1, ?2, 0, ?3) ON CONFLICT DO NOTHING",
                 params![t.token, t.uses_allowed, t.expiry_ts],
             )?;
             if n == 0 { Err(StoreError::Exists) } else { Ok(()) }

@@ -237,7 +237,7 @@ impl Store {
             }
             let mut st = c.prepare_cached(
                 "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, json FROM backup_keys \
-                 WHERE user_id = ?1 AND version = ?2 AND (?3 IS NULL OR room_id = ?3) AND (?4 IS NULL OR session_id = ?4) \
+                 WHERE user_id = ?1 AND version = ?2 AND (room_id = ?3 OR ?3 IS NULL) AND (session_id = ?4 OR ?4 IS NULL) \
                  ORDER BY room_id, session_id",
             )?;
             let rows = st.query_map(params![user_id, version, room_id, session_id], key_row)?;
@@ -260,7 +260,7 @@ impl Store {
             }
             let n = tx.execute(
                 "DELETE FROM backup_keys WHERE user_id = ?1 AND version = ?2 \
-                 AND (?3 IS NULL OR room_id = ?3) AND (?4 IS NULL OR session_id = ?4)",
+                 AND (room_id = ?3 OR ?3 IS NULL) AND (session_id = ?4 OR ?4 IS NULL)",
                 params![user_id, version, room_id, session_id],
             )?;
             if n > 0 {

@@ -3,7 +3,9 @@
 //! numbered parameters `?1`, `ON CONFLICT … DO NOTHING/UPDATE` (never
 //! `INSERT OR …`), `RETURNING` instead of `last_insert_rowid()`, integers for
 //! booleans, `CAST(… AS BIGINT)` around aggregates PostgreSQL would widen, and
-//! [`Conn::json_text`] where a JSON field is read in SQL. For PostgreSQL the
+//! [`Conn::json_text`] where a JSON field is read in SQL. PostgreSQL types a
+//! parameter where it first meets it: an optional filter is written
+//! `(col = ?2 OR ?2 IS NULL)`, column first. For PostgreSQL the
 //! parameters are renumbered `$n`, and values are converted to whatever type
 //! the server inferred for each parameter and column.
 
@@ -11,6 +13,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     error::Error as StdError,
+    mem::ManuallyDrop,
 };
 
 use bytes::BytesMut;
@@ -22,10 +25,24 @@ pub enum DbError {
     NoRows,
     #[error("sqlite: {0}")]
     Sqlite(rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
     #[error("column {0}: {1}")]
     Conversion(usize, String),
+}
+
+/// The server's own message (and where it points), not just "db error".
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!(
+            "{} ({}){}{}",
+            d.message(),
+            d.code().code(),
+            d.detail().map(|x| format!(": {x}")).unwrap_or_default(),
+            d.where_().map(|x| format!(" at {x}")).unwrap_or_default()
+        ),
+        None => e.to_string(),
+    }
 }
 
 impl From<rusqlite::Error> for DbError {
@@ -297,15 +314,33 @@ impl Row {
 
 /// A PostgreSQL connection and its prepared statements.
 pub struct PgClient {
-    pub(crate) client: postgres::Client,
+    client: ManuallyDrop<postgres::Client>,
     statements: HashMap<String, postgres::Statement>,
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here, and never used again.
+        let client = unsafe { ManuallyDrop::take(&mut self.client) };
+        // Closing blocks on the client's own runtime, which tokio forbids on
+        // a thread that drives async tasks: close it on a thread of its own.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("missive-pg-close".into())
+                .spawn(move || drop(client));
+        } else {
+            drop(client);
+        }
+    }
 }
 
 impl PgClient {
     pub fn connect(url: &str) -> Result<Self> {
-        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        // The schema's "already exists, skipping" notices are not news.
+        client.batch_execute("SET client_min_messages TO warning")?;
         Ok(PgClient {
-            client,
+            client: ManuallyDrop::new(client),
             statements: HashMap::new(),
         })
     }
@@ -443,6 +478,22 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// The larger of two SQL expressions.
+    pub fn greatest(&self, a: &str, b: &str) -> String {
+        match self {
+            Conn::Sqlite(_) => format!("MAX({a}, {b})"),
+            Conn::Pg(_) => format!("GREATEST({a}, {b})"),
+        }
+    }
+
+    /// A subquery of the strings in the JSON array text bound to `param` (`?2`).
+    pub fn json_array(&self, param: &str) -> String {
+        match self {
+            Conn::Sqlite(_) => format!("(SELECT value FROM json_each({param}))"),
+            Conn::Pg(_) => format!("(SELECT jsonb_array_elements_text(CAST({param} AS jsonb)))"),
+        }
+    }
+
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
         let values = params.into_values();
         match self {
@@ -553,6 +604,8 @@ impl Stmt<'_, '_> {
 pub struct Rows(std::vec::IntoIter<Result<Row>>);
 
 impl Rows {
+    // Named as rusqlite names it; it is fallible, so not an Iterator.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Row>> {
         self.0.next().transpose()
     }

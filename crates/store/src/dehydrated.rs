@@ -70,7 +70,7 @@ impl Store {
             let (user, device) = (keys.user_id.as_str(), keys.device_id.as_str());
             delete_current(tx, positions, user)?;
             let n = tx.execute(
-                "INSERT OR IGNORE INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![user, device, display_name, now_ms()],
             )?;
             if n == 0 {

@@ -48,7 +48,7 @@ impl Store {
     /// `all_users`. Deactivated accounts never appear.
     pub async fn directory_users(&self, searcher: String, all_users: bool) -> Result<Vec<DirectoryUser>> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT u.user_id, u.displayname, u.avatar_url FROM users u WHERE u.deactivated = 0 AND (?2 OR EXISTS ( \
                    SELECT 1 FROM current_state m WHERE m.type = 'm.room.member' AND m.state_key = u.user_id \
                    AND m.membership = 'join' AND ( \
@@ -56,8 +56,9 @@ impl Store {
                                    AND state_key = ?1 AND membership = 'join') \
                      OR m.room_id IN (SELECT s.room_id FROM current_state s JOIN events e ON e.event_id = s.event_id \
                                       WHERE s.type = 'm.room.join_rules' AND s.state_key = '' \
-                                      AND json_extract(e.json, '$.content.join_rule') = 'public'))))",
-            )?;
+                                      AND {} = 'public'))))",
+                c.json_text("e.json", &["content", "join_rule"])
+            ))?;
             let rows = st.query_map(params![searcher, all_users], |r| {
                 Ok(DirectoryUser {
                     user_id: r.get(0)?,
@@ -75,8 +76,12 @@ impl Store {
     pub async fn room_state_contents(&self, room_id: String, types: Vec<String>) -> Result<Vec<(String, Value)>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT s.type, json_extract(e.json, '$.content') FROM current_state s JOIN events e ON e.event_id = s.event_id \
-                 WHERE s.room_id = ?1 AND s.state_key = '' AND s.type IN (SELECT value FROM json_each(?2))",
+                &format!(
+                    "SELECT s.type, {} FROM current_state s JOIN events e ON e.event_id = s.event_id \
+                     WHERE s.room_id = ?1 AND s.state_key = '' AND s.type IN {}",
+                    c.json_text("e.json", &["content"]),
+                    c.json_array("?2")
+                ),
             )?;
             let types = serde_json::to_string(&types).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let rows = st.query_map(params![room_id, types], |r| {

@@ -280,13 +280,14 @@ fn device_list_updates(c: &Connection<'_>, user: &str, since: i64, upto: i64) ->
 
     // Memberships that changed in rooms the user is in, or just left: who
     // arrived is new to the user, who left may be gone from all shared rooms.
-    let mut st = c.prepare_cached(
-        "SELECT room_id, state_key, json_extract(json, '$.content.membership') FROM events \
+    let mut st = c.prepare_cached(&format!(
+        "SELECT room_id, state_key, {} FROM events \
          WHERE type = 'm.room.member' AND stream_pos > ?2 AND stream_pos <= ?3 AND room_id IN \
          (SELECT room_id FROM current_state WHERE type = 'm.room.member' AND state_key = ?1 \
           AND (membership IN ('join', 'invite') OR stream_pos > ?2)) \
          ORDER BY stream_pos",
-    )?;
+        c.json_text("json", &["content", "membership"])
+    ))?;
     let rows: Vec<(String, String, Option<String>)> = st
         .query_map(params![user, since, upto], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<crate::db::Result<_>>()?;
@@ -360,8 +361,9 @@ impl Store {
         self.write(move |tx, _| {
             let mut out = Vec::new();
             let mut otk = tx.prepare_cached(
-                "DELETE FROM one_time_keys WHERE rowid = (SELECT rowid FROM one_time_keys \
-                 WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3 ORDER BY rowid LIMIT 1) \
+                "DELETE FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3 \
+                 AND key_id = (SELECT key_id FROM one_time_keys \
+                 WHERE user_id = ?1 AND device_id = ?2 AND algorithm = ?3 ORDER BY key_id LIMIT 1) \
                  RETURNING key_id, json",
             )?;
             let mut fallback = tx.prepare_cached(
@@ -562,7 +564,7 @@ impl Store {
     ) -> Result<bool> {
         self.write(move |tx, positions| {
             let fresh = tx.execute(
-                "INSERT OR IGNORE INTO to_device_txns (sender, sender_device, type, txn_id, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO to_device_txns (sender, sender_device, type, txn_id, ts) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 params![sender, sender_device, event_type, txn_id, now_ms()],
             )? > 0;
             if !fresh {
@@ -650,7 +652,8 @@ impl Store {
                 // remember this one, its rows are going.
                 tx.execute(
                     "INSERT INTO stream_watermark (id, pos) VALUES (0, ?1) \
-                     ON CONFLICT (id) DO UPDATE SET pos = MAX(pos, excluded.pos)",
+                     ON CONFLICT (id) DO UPDATE SET pos = CASE WHEN excluded.pos > stream_watermark.pos \
+                     THEN excluded.pos ELSE stream_watermark.pos END",
                     [max],
                 )?;
                 tx.execute(

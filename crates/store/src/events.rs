@@ -104,6 +104,23 @@ impl Store {
                 )
                 .map_err(|e| if e.is_unique_violation() { StoreError::Exists } else { e.into() })?;
             }
+            if ev.new_room.is_none() {
+                // Local events extend the room linearly: refuse one built on
+                // extremities that another writer has replaced since.
+                let mut current: Vec<String> = tx
+                    .query_map(
+                        "SELECT event_id FROM forward_extremities WHERE room_id = ?1",
+                        [room_id],
+                        |r| r.get(0),
+                    )?
+                    .collect::<crate::db::Result<_>>()?;
+                let mut built: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+                current.sort();
+                built.sort();
+                if current != built {
+                    return Err(StoreError::Stale);
+                }
+            }
             let prev: Option<(i64, i64)> = tx
                 .query_row(
                     "SELECT g.id, g.chain_len FROM events e JOIN state_groups g ON g.id = e.state_group \
@@ -172,7 +189,7 @@ impl Store {
             crate::search::index_event(tx, pos, pdu)?;
             for media_id in &ev.media_refs {
                 tx.execute(
-                    "INSERT OR IGNORE INTO media_refs (media_id, event_id) VALUES (?1, ?2)",
+                    "INSERT INTO media_refs (media_id, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                     params![media_id, pdu.event_id.as_str()],
                 )?;
             }
@@ -180,7 +197,7 @@ impl Store {
                 tx.execute("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2", params![room_id, p.as_str()])?;
             }
             tx.execute(
-                "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 params![room_id, pdu.event_id.as_str()],
             )?;
             if let Some(sk) = &pdu.state_key {
@@ -489,8 +506,8 @@ impl Store {
                 Direction::Backward => ("<", "DESC", from.unwrap_or(i64::MAX)),
             };
             let sql = format!(
-                "SELECT {EVENT_COLS} FROM events WHERE relates_to = ?1 AND (?2 IS NULL OR rel_type = ?2) \
-                 AND (?3 IS NULL OR type = ?3) AND stream_pos {cmp} ?4 ORDER BY stream_pos {order} LIMIT ?5"
+                "SELECT {EVENT_COLS} FROM events WHERE relates_to = ?1 AND (rel_type = ?2 OR ?2 IS NULL) \
+                 AND (type = ?3 OR ?3 IS NULL) AND stream_pos {cmp} ?4 ORDER BY stream_pos {order} LIMIT ?5"
             );
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(params![parent, rel_type, event_type, start, limit as i64], event_row)?;
@@ -560,7 +577,7 @@ impl Store {
     pub async fn forget_room(&self, user_id: String, room_id: String) -> Result<()> {
         self.write(move |tx, _| {
             tx.execute(
-                "INSERT OR IGNORE INTO forgotten_rooms (user_id, room_id) VALUES (?1, ?2)",
+                "INSERT INTO forgotten_rooms (user_id, room_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 params![user_id, room_id],
             )?;
             Ok(())

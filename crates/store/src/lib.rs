@@ -14,13 +14,14 @@ pub mod directory;
 pub mod e2ee;
 mod events;
 pub mod media;
+pub mod migrate;
 mod misc;
 pub mod push;
 pub mod search;
 mod store;
 pub mod types;
 
-pub use store::{Positions, Store};
+pub use store::{Positions, RoomLease, Store};
 pub use types::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("already exists")]
     Exists,
+    /// A local event's `prev_events` are no longer the room's forward
+    /// extremities: another process sent in the room since it was built.
+    #[error("the room changed since the event was built")]
+    Stale,
     #[error("not found")]
     NotFound,
     #[error("storage task failed: {0}")]

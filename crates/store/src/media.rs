@@ -75,8 +75,8 @@ impl Store {
     ) -> Result<()> {
         self.write(move |tx, _| {
             let n = tx.execute(
-                "INSERT OR IGNORE INTO media (media_id, uploader, content_type, filename, size, sha256, created_ts) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO media (media_id, uploader, content_type, filename, size, sha256, created_ts) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
                 params![
                     media_id,
                     uploader,
@@ -114,7 +114,7 @@ impl Store {
                 return Ok(false);
             }
             let n = tx.execute(
-                "INSERT OR IGNORE INTO media (media_id, uploader, created_ts, expires_ts) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO media (media_id, uploader, created_ts, expires_ts) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![media_id, uploader, now, expires_ts],
             )?;
             if n == 0 { Err(StoreError::Exists) } else { Ok(true) }

@@ -8,7 +8,7 @@ impl Store {
     pub async fn set_alias(&self, alias: String, room_id: String, creator: String) -> Result<()> {
         self.write(move |tx, _| {
             let n = tx.execute(
-                "INSERT OR IGNORE INTO room_aliases (alias, room_id, creator) VALUES (?1, ?2, ?3)",
+                "INSERT INTO room_aliases (alias, room_id, creator) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![alias, room_id, creator],
             )?;
             if n == 0 { Err(StoreError::Exists) } else { Ok(()) }

@@ -24,14 +24,15 @@ const KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
 /// position in the parameter `upto`: their latest read receipt (unthreaded
 /// or in that thread), or their own latest event in the room (what one
 /// sends, a join included, one has read up to), whichever is later.
-fn read_upto(upto: &str) -> String {
-    format!(
-        "MAX(COALESCE((SELECT MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id \
+fn read_upto(c: &crate::db::Conn<'_>, upto: &str) -> String {
+    c.greatest(&format!(
+        "COALESCE((SELECT MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id \
          WHERE r.room_id = n.room_id AND r.user_id = n.user_id AND r.receipt_type IN ('m.read', 'm.read.private') \
-         AND (r.thread_id = 'unthreaded' OR r.thread_id = n.thread_id) AND r.stream_pos <= {upto}), 0), \
-         COALESCE((SELECT MAX(o.stream_pos) FROM events o WHERE o.room_id = n.room_id AND o.sender = n.user_id \
-         AND o.stream_pos <= {upto}), 0))"
-    )
+         AND (r.thread_id = 'unthreaded' OR r.thread_id = n.thread_id) AND r.stream_pos <= {upto}), 0)"
+    ), &format!(
+        "COALESCE((SELECT MAX(o.stream_pos) FROM events o WHERE o.room_id = n.room_id AND o.sender = n.user_id \
+         AND o.stream_pos <= {upto}), 0)"
+    ))
 }
 
 /// A notification to record.
@@ -154,9 +155,9 @@ impl Store {
     pub async fn unread_notification_counts(&self, user_id: String, room_id: String, upto: i64) -> Result<(u64, u64)> {
         self.read(move |c| {
             let sql = format!(
-                "SELECT COUNT(*), COALESCE(SUM(n.highlight), 0) FROM push_notifications n \
+                "SELECT COUNT(*), CAST(COALESCE(SUM(n.highlight), 0) AS BIGINT) FROM push_notifications n \
                  WHERE n.user_id = ?1 AND n.room_id = ?2 AND n.stream_pos <= ?3 AND n.event_pos > {}",
-                read_upto("?3")
+                read_upto(c, "?3")
             );
             let mut st = c.prepare_cached(&sql)?;
             let (n, h): (i64, i64) = st.query_row(params![user_id, room_id, upto], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -173,7 +174,7 @@ impl Store {
                 "SELECT COUNT(*) FROM push_notifications n WHERE n.user_id = ?1 AND n.event_pos > {} \
                  AND EXISTS (SELECT 1 FROM current_state m WHERE m.room_id = n.room_id AND m.type = 'm.room.member' \
                  AND m.state_key = n.user_id AND m.membership = 'join')",
-                read_upto("?2")
+                read_upto(c, "?2")
             );
             let mut st = c.prepare_cached(&sql)?;
             let n: i64 = st.query_row(params![user_id, i64::MAX], |r| r.get(0))?;
@@ -207,7 +208,7 @@ impl Store {
                 "SELECT n.id, n.room_id, n.event_id, n.actions, n.highlight, n.ts, n.event_pos <= {} \
                  FROM push_notifications n WHERE n.user_id = ?1 AND n.id < ?2 AND (?3 = 0 OR n.highlight = 1) \
                  ORDER BY n.id DESC LIMIT ?4",
-                read_upto("?5")
+                read_upto(c, "?5")
             );
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(
@@ -282,7 +283,7 @@ impl Store {
     pub async fn pushers(&self, user_id: String) -> Result<Vec<PusherRow>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(&format!(
-                "SELECT {PUSHER_COLS} FROM pushers WHERE user_id = ?1 ORDER BY rowid"
+                "SELECT {PUSHER_COLS} FROM pushers WHERE user_id = ?1 ORDER BY pushkey_ts, app_id, pushkey"
             ))?;
             let rows = st.query_map([user_id], pusher_row)?;
             Ok(rows.collect::<crate::db::Result<_>>()?)

@@ -265,17 +265,23 @@ CREATE TABLE IF NOT EXISTS media (
     quarantined BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS media_pending ON media (uploader, expires_ts) WHERE sha256 IS NULL;
--- Full-text search over room events (search.rs). The rowid is the event's
--- stream position; contentless, since the text is in events.json already.
--- Diacritics fold, so "reunion" finds "Réunion".
--- Full-text search (search.rs): the searchable text of each event, keyed
--- by its stream position.
+-- Full-text search over room events (search.rs), keyed by the event's
+-- stream position. One tsvector per event, built by search.rs from the words
+-- of content.body (weight A), content.name (B) and content.topic (C),
+-- lowercased and with diacritics folded, so "reunion" finds "Réunion"; the
+-- text itself is in events.json already.
+-- The table's first shape (text columns, never filled) is replaced.
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+               AND table_name = 'event_search' AND column_name = 'body') THEN
+        DROP TABLE event_search;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS event_search (
     stream_pos BIGINT PRIMARY KEY,
-    body TEXT,
-    name TEXT,
-    topic TEXT
+    doc TSVECTOR NOT NULL
 );
+CREATE INDEX IF NOT EXISTS event_search_doc ON event_search USING GIN (doc);
 -- One row once the events stored before the search index existed are indexed.
 CREATE TABLE IF NOT EXISTS search_backfill (
     id BIGINT PRIMARY KEY CHECK (id = 0)

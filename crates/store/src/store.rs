@@ -28,8 +28,12 @@ use crate::{
 };
 
 const READERS: usize = 4;
+/// Rooms one process may hold leases on at once (a connection each).
+const LEASES: usize = 16;
 /// The channel on which commits announce the stream counter.
 const CHANNEL: &str = "missive_stream";
+/// The channel on which processes share what is not stored (typing, presence).
+const EPHEMERAL: &str = "missive_ephemeral";
 
 #[derive(Clone)]
 pub struct Store {
@@ -42,9 +46,16 @@ pub(crate) struct Inner {
     upto: AtomicI64,
     /// Sends `upto` whenever it moves, whichever process committed.
     committed: tokio::sync::watch::Sender<i64>,
+    /// Messages other processes published (PostgreSQL).
+    messages: tokio::sync::broadcast::Sender<String>,
+    /// Connections that hold room leases, idle ones kept for the next.
+    lease_conns: Mutex<Vec<PgClient>>,
+    lease_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) state_cache: Mutex<HashMap<i64, Arc<StateMap>>>,
 }
 
+// One per store: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Sqlite {
         writer: Mutex<SqliteWriter>,
@@ -84,7 +95,7 @@ fn configure(conn: &rusqlite::Connection) -> Result<()> {
 }
 
 /// The highest stream position stored in SQLite (the counter resumes after it).
-fn sqlite_max_position(conn: &rusqlite::Connection) -> Result<i64> {
+pub(crate) fn sqlite_max_position(conn: &rusqlite::Connection) -> Result<i64> {
     let max: Option<i64> = conn
         .query_row(
             "SELECT MAX(p) FROM (SELECT MAX(stream_pos) AS p FROM events \
@@ -175,19 +186,7 @@ impl Store {
     /// process of several gets there first).
     pub fn open_postgres(url: &str) -> Result<Self> {
         let mut client = PgClient::connect(url)?;
-        client.batch("SELECT pg_advisory_lock(7247001)")?;
-        let applied = client.batch(include_str!("schema_pg.sql")).and_then(|_| {
-            let conn = Conn::Pg(RefCell::new(&mut client));
-            conn.execute_batch("BEGIN")?;
-            let r = crate::search::backfill(&conn).map_err(|e| match e {
-                StoreError::Db(e) => e,
-                e => DbError::Conversion(0, e.to_string()),
-            });
-            conn.execute_batch(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-            r
-        });
-        client.batch("SELECT pg_advisory_unlock(7247001)")?;
-        applied?;
+        apply_pg_schema(&mut client)?;
         let max = {
             let conn = Conn::Pg(RefCell::new(&mut client));
             conn.query_row("SELECT pos FROM stream_counter WHERE id = 0", [], |r| r.get::<_, i64>(0))?
@@ -209,6 +208,9 @@ impl Store {
                 next_reader: AtomicUsize::new(0),
                 upto: AtomicI64::new(upto),
                 committed: tokio::sync::watch::channel(upto).0,
+                messages: tokio::sync::broadcast::channel(1024).0,
+                lease_conns: Mutex::new(Vec::new()),
+                lease_slots: Arc::new(tokio::sync::Semaphore::new(LEASES)),
                 state_cache: Mutex::new(HashMap::new()),
             }),
         }
@@ -227,6 +229,62 @@ impl Store {
     /// process's commits and by other processes' (PostgreSQL).
     pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<i64> {
         self.inner.committed.subscribe()
+    }
+
+    /// Tells every process on this database (itself included) `payload`:
+    /// for state that lives in memory, such as typing. Nothing to do on
+    /// SQLite, where there is one process.
+    pub async fn publish(&self, payload: String) -> Result<()> {
+        if !self.is_postgres() {
+            return Ok(());
+        }
+        self.read(move |c| {
+            c.execute(&format!("SELECT pg_notify('{EPHEMERAL}', ?1)"), [payload])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Holds a room against the other processes on this database until the
+    /// lease is dropped (PostgreSQL; `None` on SQLite, where the process's
+    /// own lock is enough). A room's events are built on its latest event,
+    /// so building and appending one must not interleave with another
+    /// process doing the same. The lease is a session advisory lock: it
+    /// goes with the process if the process dies.
+    pub async fn lease_room(&self, room_id: &str) -> Result<Option<RoomLease>> {
+        let Backend::Postgres { url, .. } = &self.inner.backend else {
+            return Ok(None);
+        };
+        let permit = self
+            .inner
+            .lease_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let inner = self.inner.clone();
+        let url = url.clone();
+        let room = room_id.to_owned();
+        let conn = tokio::task::spawn_blocking(move || -> Result<PgClient> {
+            let idle = lock(&inner.lease_conns)?.pop();
+            let mut slot = idle;
+            let conn = pg_conn(&mut slot, &url)?;
+            Conn::Pg(RefCell::new(conn)).execute("SELECT pg_advisory_lock(7247002, hashtext(?1))", [&room])?;
+            Ok(slot.expect("connected"))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(Some(RoomLease {
+            inner: self.inner.clone(),
+            conn: Some(conn),
+            room: room_id.to_owned(),
+            _permit: permit,
+        }))
+    }
+
+    /// What processes [`publish`](Self::publish), as they publish it.
+    pub fn subscribe_messages(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.messages.subscribe()
     }
 
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
@@ -251,6 +309,41 @@ impl Store {
         tokio::task::spawn_blocking(move || inner.write_blocking(f))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+/// A room held against other processes; see [`Store::lease_room`].
+pub struct RoomLease {
+    inner: Arc<Inner>,
+    conn: Option<PgClient>,
+    room: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for RoomLease {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        let inner = self.inner.clone();
+        let room = std::mem::take(&mut self.room);
+        let release = move || {
+            let unlocked = Conn::Pg(RefCell::new(&mut conn))
+                .execute("SELECT pg_advisory_unlock(7247002, hashtext(?1))", [&room]);
+            match unlocked {
+                Ok(_) => {
+                    if let Ok(mut idle) = inner.lease_conns.lock() {
+                        idle.push(conn);
+                    }
+                }
+                // Dropping the connection ends its session, and the lock with it.
+                Err(e) => tracing::warn!(error = %e, "could not release a room lease; closing its connection"),
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(release);
+            }
+            Err(_) => release(),
+        }
     }
 }
 
@@ -351,6 +444,24 @@ fn pg_transaction<T>(
     body
 }
 
+/// Applies the PostgreSQL schema and indexes the events stored before the
+/// search index existed, under a lock so that one process of several does it.
+pub(crate) fn apply_pg_schema(client: &mut PgClient) -> Result<()> {
+    client.batch("SELECT pg_advisory_lock(7247001)")?;
+    let applied = client.batch(include_str!("schema_pg.sql")).and_then(|_| {
+        let conn = Conn::Pg(RefCell::new(&mut *client));
+        conn.execute_batch("BEGIN")?;
+        let r = crate::search::backfill(&conn).map_err(|e| match e {
+            StoreError::Db(e) => e,
+            e => DbError::Conversion(0, e.to_string()),
+        });
+        conn.execute_batch(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        r
+    });
+    client.batch("SELECT pg_advisory_unlock(7247001)")?;
+    Ok(applied?)
+}
+
 /// Follows other processes' commits: `LISTEN`, and a look at the counter
 /// every few seconds in case a notification was lost with a connection.
 fn spawn_listener(inner: Weak<Inner>, url: String) {
@@ -371,7 +482,9 @@ fn spawn_listener(inner: Weak<Inner>, url: String) {
 
 fn listen(weak: &Weak<Inner>, url: &str) -> Result<()> {
     let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(DbError::from)?;
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(DbError::from)?;
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {EPHEMERAL}"))
+        .map_err(DbError::from)?;
     loop {
         let pos: i64 = client
             .query_one("SELECT pos FROM stream_counter WHERE id = 0", &[])
@@ -385,7 +498,10 @@ fn listen(weak: &Weak<Inner>, url: &str) -> Result<()> {
         let mut iter = notifications.timeout_iter(Duration::from_secs(2));
         while let Some(n) = iter.next().map_err(DbError::from)? {
             let Some(inner) = weak.upgrade() else { return Ok(()) };
-            if let Ok(pos) = n.payload().parse::<i64>() {
+            if n.channel() == EPHEMERAL {
+                // Nobody listening is fine: no server runs on this store.
+                let _ = inner.messages.send(n.payload().to_owned());
+            } else if let Ok(pos) = n.payload().parse::<i64>() {
                 inner.advance(pos);
             }
         }

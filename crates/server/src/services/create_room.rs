@@ -117,7 +117,7 @@ impl App {
             }
         };
         let room_id = create_pdu.room_id.clone();
-        let _guard = self.room_locks.lock(&room_id).await;
+        let _guard = self.room_locks.lock(&room_id, &self.store).await?;
         let send = |kind: TimelineEventType, key: &str, content: Value| {
             self.append_local(
                 Target::Room(&room_id, &version),

@@ -33,7 +33,7 @@ impl App {
         reason: Option<String>,
         extra: Option<serde_json::Map<String, Value>>,
     ) -> Result<ruma::OwnedEventId> {
-        let _guard = self.room_locks.lock(room_id).await;
+        let _guard = self.room_locks.lock(room_id, &self.store).await?;
         let version = self.room_version(room_id).await?;
         let mut content = json!({ "membership": membership });
         if let Some(r) = reason {

@@ -12,6 +12,7 @@ pub mod media;
 pub mod membership;
 pub mod opengraph;
 pub mod presence;
+pub mod processes;
 pub mod push;
 pub mod ratelimit;
 pub mod reporting;

@@ -82,15 +82,3 @@ impl Presence {
             .collect()
     }
 }
-
-impl crate::App {
-    /// Records presence and wakes syncs if others would see a change.
-    pub fn set_presence(&self, user: &UserId, state: &str, status_msg: Option<Option<String>>) {
-        if self
-            .presence
-            .set(user, state, status_msg, crate::services::accounts::now_ms())
-        {
-            self.notify();
-        }
-    }
-}

@@ -23,8 +23,15 @@ use crate::{App, Error, Result};
 #[derive(Default)]
 pub struct RoomLocks(std::sync::Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>);
 
+/// A room held by this task: against the other tasks of this process,
+/// then against other processes on the same database.
+pub struct RoomGuard {
+    _lease: Option<missive_store::RoomLease>,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
 impl RoomLocks {
-    pub async fn lock(&self, room: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
+    pub async fn lock(&self, room: &RoomId, store: &missive_store::Store) -> Result<RoomGuard> {
         let m = self
             .0
             .lock()
@@ -32,7 +39,12 @@ impl RoomLocks {
             .entry(room.to_owned())
             .or_default()
             .clone();
-        m.lock_owned().await
+        let local = m.lock_owned().await;
+        let lease = store.lease_room(room.as_str()).await?;
+        Ok(RoomGuard {
+            _lease: lease,
+            _local: local,
+        })
     }
 }
 
@@ -53,6 +65,7 @@ impl RoomVersion {
 }
 
 /// Where a new event goes: an existing room, or a room its create event starts.
+#[derive(Clone, Copy)]
 pub enum Target<'a> {
     Room(&'a RoomId, &'a RoomVersion),
     NewRoom(&'a RoomVersion),
@@ -177,7 +190,7 @@ impl App {
         new: NewEvent,
         txn: Option<(String, String)>,
     ) -> Result<OwnedEventId> {
-        let _guard = self.room_locks.lock(room_id).await;
+        let _guard = self.room_locks.lock(room_id, &self.store).await?;
         if let Some((device, txn_id)) = &txn
             && let Some(id) = self
                 .store
@@ -198,7 +211,10 @@ impl App {
     }
 
     /// Builds, authorises and persists one local event. The caller holds
-    /// the room's lock (or is creating the room).
+    /// the room's lock (or is creating the room). That lock is this
+    /// process's; another process on the same database may have extended
+    /// the room in the meantime, in which case the store refuses the event
+    /// as built on stale extremities and it is built again on the new ones.
     pub async fn append_local(
         &self,
         target: Target<'_>,
@@ -207,6 +223,30 @@ impl App {
         txn: Option<(String, String)>,
         new_room: Option<NewRoom>,
     ) -> Result<Pdu> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self
+                .append_local_once(target, sender, new.clone(), txn.clone(), new_room.clone())
+                .await?
+            {
+                Some(pdu) => return Ok(pdu),
+                None if attempts < 20 => {
+                    tracing::debug!(attempts, "room moved on in another process; building the event again")
+                }
+                None => return Err(Error::Internal("the room kept changing under a send".into())),
+            }
+        }
+    }
+
+    async fn append_local_once(
+        &self,
+        target: Target<'_>,
+        sender: &UserId,
+        new: NewEvent,
+        txn: Option<(String, String)>,
+        new_room: Option<NewRoom>,
+    ) -> Result<Option<Pdu>> {
         let (room_id, version) = match target {
             Target::Room(r, v) => (Some(r), v),
             Target::NewRoom(v) => (None, v),
@@ -335,11 +375,12 @@ impl App {
         {
             Ok(_) => {}
             Err(StoreError::Exists) => return Err(Error::room_in_use("Event already exists")),
+            Err(StoreError::Stale) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
         self.notify();
         self.queue_push(&pdu);
-        Ok(pdu)
+        Ok(Some(pdu))
     }
 
     /// Replaces the redacted event by its redacted form, if the redaction's

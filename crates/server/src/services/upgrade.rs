@@ -92,7 +92,7 @@ impl App {
             )
             .await?;
         {
-            let _guard = self.room_locks.lock(old).await;
+            let _guard = self.room_locks.lock(old, &self.store).await?;
             self.append_local(
                 Target::Room(old, &old_version),
                 user,

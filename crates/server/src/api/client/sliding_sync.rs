@@ -10,7 +10,7 @@ pub async fn sync(app: App, req: Ruma<v5::Request>) -> Result<v5::Response> {
     if app.config.presence {
         let state = req.body.set_presence.as_str();
         if state != "offline" {
-            app.set_presence(&session.user_id, state, None);
+            app.set_presence(&session.user_id, state, None).await;
         }
     }
     app.store

@@ -30,7 +30,7 @@ pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<sync_
     if app.config.presence {
         let state = r.set_presence.as_str();
         if state != "offline" {
-            app.set_presence(&session.user_id, state, None);
+            app.set_presence(&session.user_id, state, None).await;
         }
     }
     let timeout = r

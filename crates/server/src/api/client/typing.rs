@@ -17,8 +17,6 @@ pub async fn typing(
         Typing::Yes(t) => Some(t.timeout),
         _ => None,
     };
-    if app.typing.set(&req.body.room_id, &user, timeout) {
-        app.notify();
-    }
+    app.set_typing(&req.body.room_id, &user, timeout).await;
     Ok(create_typing_event::v3::Response::new())
 }

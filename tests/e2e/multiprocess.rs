@@ -1,0 +1,257 @@
+//! Several `missive` processes on one PostgreSQL database, serving one
+//! server name: each client talks to one process, and nothing a client is
+//! owed depends on which. Skipped (with a line saying so) on SQLite.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::json;
+
+use crate::{
+    common::{Raw, TestServer, enc, sdk_client},
+    concurrency::concurrent_load,
+    encryption::{encrypted_room, join, sync_all, wait_decrypted},
+};
+
+/// Three processes on one fresh database, or `None` without PostgreSQL.
+async fn three_processes() -> Option<(TestServer, TestServer, TestServer)> {
+    if std::env::var("MISSIVE_TEST_POSTGRES").map_or(true, |v| v.is_empty()) {
+        eprintln!("skipped: several processes need PostgreSQL (set MISSIVE_TEST_POSTGRES)");
+        return None;
+    }
+    let a = TestServer::start().await;
+    let b = a.start_sibling().await;
+    let c = a.start_sibling().await;
+    Some((a, b, c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_deliver_every_event_once_in_order() {
+    let Some((a, b, c)) = three_processes().await else { return };
+    concurrent_load(&[&a, &b, &c]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encrypted_messages_between_processes_decrypt() {
+    let Some((a, b, c)) = three_processes().await else { return };
+    let alice = sdk_client(&a, "alice").await;
+    let bob = sdk_client(&b, "bob").await;
+    let carol = sdk_client(&c, "carol").await;
+    let room = encrypted_room(
+        &alice,
+        vec![bob.user_id().unwrap().to_owned(), carol.user_id().unwrap().to_owned()],
+    )
+    .await;
+    join(&bob, &room).await;
+    join(&carol, &room).await;
+    sync_all(&[&alice, &bob, &carol]).await;
+
+    let mut sent = vec![];
+    for (client, text) in [(&alice, "from alice on A"), (&bob, "from bob on B"), (&carol, "from carol on C")] {
+        let r = client.get_room(&room).expect("room");
+        let id = r
+            .send(matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(text))
+            .await
+            .expect("send")
+            .response
+            .event_id;
+        sent.push((id, text));
+    }
+    sync_all(&[&alice, &bob, &carol]).await;
+    for reader in [&alice, &bob, &carol] {
+        for (id, text) in &sent {
+            assert_eq!(
+                wait_decrypted(reader, &room, id).await.as_deref(),
+                Some(*text),
+                "{} could not decrypt {text:?}",
+                reader.user_id().unwrap()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_poll_on_one_process_wakes_for_a_send_on_another() {
+    let Some((a, b, _c)) = three_processes().await else { return };
+    let alice = Raw::register(&a, "alice").await;
+    let bob = Raw::register(&b, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.ok("POST", &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(json!({})))
+        .await;
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let waiting = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let s = bob.sync(Some(&since), 20_000).await;
+            (started.elapsed(), s)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(alice.send_text(&room, "t1", "wake up").await.status, 200);
+    let (elapsed, s) = waiting.await.unwrap();
+    let bodies: Vec<&str> = s["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["wake up"]);
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the long poll returned only after {elapsed:?}: the other process's commit did not wake it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_killed_under_load_loses_nothing_and_the_others_serve_on() {
+    let Some((mut a, b, c)) = three_processes().await else { return };
+    let alice_a = Raw::register(&a, "alice").await;
+    let room = alice_a.create_room(json!({ "preset": "public_chat" })).await;
+    // The same account, logged in on B too: its sends go on after A dies.
+    let login = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/login", b.url))
+        .json(&json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": "alice" },
+            "password": crate::common::password("alice"),
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let alice_b = Raw {
+        base: b.url.clone(),
+        http: reqwest::Client::new(),
+        token: login["access_token"].as_str().unwrap().to_owned(),
+        user_id: alice_a.user_id.clone(),
+    };
+    let watcher = Raw::register(&c, "watcher").await;
+    watcher
+        .ok("POST", &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(json!({})))
+        .await;
+
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = vec![];
+    for w in 0..8 {
+        let who = if w % 2 == 0 { alice_a.clone() } else { alice_b.clone() };
+        let room = room.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut failures = 0;
+            for j in 0..400 {
+                let res = who
+                    .http
+                    .put(format!(
+                        "{}/_matrix/client/v3/rooms/{}/send/m.room.message/w{w}-{j}",
+                        who.base,
+                        enc(&room)
+                    ))
+                    .bearer_auth(&who.token)
+                    .json(&json!({ "msgtype": "m.text", "body": format!("{w}-{j}") }))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status() == 200 => {
+                        let v: serde_json::Value = r.json().await.unwrap();
+                        acked.lock().unwrap().push(v["event_id"].as_str().unwrap().to_owned());
+                    }
+                    Ok(r) => panic!("send answered {}", r.status()),
+                    // Only the killed process's connections may die.
+                    Err(_) if w % 2 == 0 => return,
+                    Err(e) => {
+                        failures += 1;
+                        assert!(failures < 3, "a surviving process failed a send: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.kill9().await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 40, "the load ran ({} sends acknowledged)", acked.len());
+
+    // The watcher on C reads the whole room: every acknowledged event, once.
+    let mut ids = vec![];
+    let mut from: Option<String> = None;
+    loop {
+        let page = watcher
+            .ok(
+                "GET",
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=500{}",
+                    enc(&room),
+                    from.as_ref().map(|f| format!("&from={}", enc(f))).unwrap_or_default()
+                ),
+                None,
+            )
+            .await;
+        let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+        ids.extend(chunk.iter().map(|e| e["event_id"].as_str().unwrap().to_owned()));
+        match page["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+            _ => break,
+        }
+    }
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "an event appears twice in the room");
+    for id in &acked {
+        assert!(unique.contains(id), "acknowledged event {id} was lost");
+    }
+    // B still serves, and the watcher on C is woken by what it sends.
+    assert_eq!(alice_b.send_text(&room, "after-kill", "still here").await.status, 200);
+    let s = watcher.sync(None, 0).await;
+    assert!(s["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .is_some_and(|e| e.iter().any(|e| e["content"]["body"] == "still here")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn typing_on_one_process_shows_on_another() {
+    let Some((a, b, _c)) = three_processes().await else { return };
+    let alice = Raw::register(&a, "alice").await;
+    let bob = Raw::register(&b, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.ok("POST", &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(json!({})))
+        .await;
+    let mut since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&alice.user_id)
+            ),
+            Some(json!({ "typing": true, "timeout": 30000 })),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = bob.sync(Some(&since), 2000).await;
+        since = s["next_batch"].as_str().unwrap().to_owned();
+        let typing = s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == "m.typing")
+            .map(|e| e["content"]["user_ids"].clone());
+        if typing == Some(json!([alice.user_id])) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob, on another process, never saw alice typing"
+        );
+    }
+}
