@@ -138,7 +138,6 @@ impl TestServer {
         self.data.path()
     }
 
-
     pub async fn start() -> TestServer {
         Self::start_with(&[]).await
     }

@@ -30,13 +30,17 @@ async fn three_processes() -> Option<(TestServer, TestServer, TestServer)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_deliver_every_event_once_in_order() {
-    let Some((a, b, c)) = three_processes().await else { return };
+    let Some((a, b, c)) = three_processes().await else {
+        return;
+    };
     concurrent_load(&[&a, &b, &c]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn encrypted_messages_between_processes_decrypt() {
-    let Some((a, b, c)) = three_processes().await else { return };
+    let Some((a, b, c)) = three_processes().await else {
+        return;
+    };
     let alice = sdk_client(&a, "alice").await;
     let bob = sdk_client(&b, "bob").await;
     let carol = sdk_client(&c, "carol").await;
@@ -50,7 +54,11 @@ async fn encrypted_messages_between_processes_decrypt() {
     sync_all(&[&alice, &bob, &carol]).await;
 
     let mut sent = vec![];
-    for (client, text) in [(&alice, "from alice on A"), (&bob, "from bob on B"), (&carol, "from carol on C")] {
+    for (client, text) in [
+        (&alice, "from alice on A"),
+        (&bob, "from bob on B"),
+        (&carol, "from carol on C"),
+    ] {
         let r = client.get_room(&room).expect("room");
         let id = r
             .send(matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(text))
@@ -75,12 +83,18 @@ async fn encrypted_messages_between_processes_decrypt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_poll_on_one_process_wakes_for_a_send_on_another() {
-    let Some((a, b, _c)) = three_processes().await else { return };
+    let Some((a, b, _c)) = three_processes().await else {
+        return;
+    };
     let alice = Raw::register(&a, "alice").await;
     let bob = Raw::register(&b, "bob").await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    bob.ok("POST", &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(json!({})))
-        .await;
+    bob.ok(
+        "POST",
+        &format!("/_matrix/client/v3/join/{}", enc(&room)),
+        Some(json!({})),
+    )
+    .await;
     let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let waiting = {
         let bob = bob.clone();
@@ -108,7 +122,9 @@ async fn a_long_poll_on_one_process_wakes_for_a_send_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_process_killed_under_load_loses_nothing_and_the_others_serve_on() {
-    let Some((mut a, b, c)) = three_processes().await else { return };
+    let Some((mut a, b, c)) = three_processes().await else {
+        return;
+    };
     let alice_a = Raw::register(&a, "alice").await;
     let room = alice_a.create_room(json!({ "preset": "public_chat" })).await;
     // The same account, logged in on B too: its sends go on after A dies.
@@ -133,7 +149,11 @@ async fn a_process_killed_under_load_loses_nothing_and_the_others_serve_on() {
     };
     let watcher = Raw::register(&c, "watcher").await;
     watcher
-        .ok("POST", &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(json!({})))
+        .ok(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(json!({})),
+        )
         .await;
 
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -211,28 +231,32 @@ async fn a_process_killed_under_load_loses_nothing_and_the_others_serve_on() {
     // B still serves, and the watcher on C is woken by what it sends.
     assert_eq!(alice_b.send_text(&room, "after-kill", "still here").await.status, 200);
     let s = watcher.sync(None, 0).await;
-    assert!(s["rooms"]["join"][&room]["timeline"]["events"]
-        .as_array()
-        .is_some_and(|e| e.iter().any(|e| e["content"]["body"] == "still here")));
+    assert!(
+        s["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["content"]["body"] == "still here"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn typing_on_one_process_shows_on_another() {
-    let Some((a, b, _c)) = three_processes().await else { return };
+    let Some((a, b, _c)) = three_processes().await else {
+        return;
+    };
     let alice = Raw::register(&a, "alice").await;
     let bob = Raw::register(&b, "bob").await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    bob.ok("POST", &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(json!({})))
-        .await;
+    bob.ok(
+        "POST",
+        &format!("/_matrix/client/v3/join/{}", enc(&room)),
+        Some(json!({})),
+    )
+    .await;
     let mut since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
     alice
         .ok(
             "PUT",
-            &format!(
-                "/_matrix/client/v3/rooms/{}/typing/{}",
-                enc(&room),
-                enc(&alice.user_id)
-            ),
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
             Some(json!({ "typing": true, "timeout": 30000 })),
         )
         .await;

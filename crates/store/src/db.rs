@@ -9,12 +9,7 @@
 //! parameters are renumbered `$n`, and values are converted to whatever type
 //! the server inferred for each parameter and column.
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    error::Error as StdError,
-    mem::ManuallyDrop,
-};
+use std::{cell::RefCell, collections::HashMap, error::Error as StdError, mem::ManuallyDrop};
 
 use bytes::BytesMut;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -564,7 +559,10 @@ impl<'a> Conn<'a> {
 
     /// A statement to run several times (both engines cache prepared statements anyway).
     pub fn prepare_cached<'s>(&'s self, sql: &str) -> Result<Stmt<'s, 'a>> {
-        Ok(Stmt { conn: self, sql: sql.to_owned() })
+        Ok(Stmt {
+            conn: self,
+            sql: sql.to_owned(),
+        })
     }
 
     pub fn prepare<'s>(&'s self, sql: &str) -> Result<Stmt<'s, 'a>> {

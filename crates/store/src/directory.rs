@@ -75,14 +75,12 @@ impl Store {
     /// with an empty state key, by type.
     pub async fn room_state_contents(&self, room_id: String, types: Vec<String>) -> Result<Vec<(String, Value)>> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
-                &format!(
-                    "SELECT s.type, {} FROM current_state s JOIN events e ON e.event_id = s.event_id \
+            let mut st = c.prepare_cached(&format!(
+                "SELECT s.type, {} FROM current_state s JOIN events e ON e.event_id = s.event_id \
                      WHERE s.room_id = ?1 AND s.state_key = '' AND s.type IN {}",
-                    c.json_text("e.json", &["content"]),
-                    c.json_array("?2")
-                ),
-            )?;
+                c.json_text("e.json", &["content"]),
+                c.json_array("?2")
+            ))?;
             let types = serde_json::to_string(&types).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let rows = st.query_map(params![room_id, types], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
@@ -156,7 +154,10 @@ impl Store {
                     ("room", Some(room_id), _, _) => ReportTarget::Room { room_id },
                     (_, _, _, Some(user_id)) => ReportTarget::User { user_id },
                     _ => {
-                        return Err(crate::db::DbError::Conversion(3, format!("malformed report of kind {kind}")));
+                        return Err(crate::db::DbError::Conversion(
+                            3,
+                            format!("malformed report of kind {kind}"),
+                        ));
                     }
                 };
                 Ok(ReportRow {

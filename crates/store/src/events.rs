@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::db::{Connection, OptionalExtension, params};
 use missive_core::{auth::StateMap, pdu::Pdu};
 use ruma::{OwnedEventId, OwnedRoomId, events::StateEventType};
-use crate::db::{Connection, OptionalExtension, params};
 
 use crate::{
     Direction, Membership, NewRoomEvent, Result, RoomPositions, RoomRow, StoreError, StoredEvent, store::Store,

@@ -25,14 +25,17 @@ const KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
 /// or in that thread), or their own latest event in the room (what one
 /// sends, a join included, one has read up to), whichever is later.
 fn read_upto(c: &crate::db::Conn<'_>, upto: &str) -> String {
-    c.greatest(&format!(
-        "COALESCE((SELECT MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id \
+    c.greatest(
+        &format!(
+            "COALESCE((SELECT MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id \
          WHERE r.room_id = n.room_id AND r.user_id = n.user_id AND r.receipt_type IN ('m.read', 'm.read.private') \
          AND (r.thread_id = 'unthreaded' OR r.thread_id = n.thread_id) AND r.stream_pos <= {upto}), 0)"
-    ), &format!(
-        "COALESCE((SELECT MAX(o.stream_pos) FROM events o WHERE o.room_id = n.room_id AND o.sender = n.user_id \
+        ),
+        &format!(
+            "COALESCE((SELECT MAX(o.stream_pos) FROM events o WHERE o.room_id = n.room_id AND o.sender = n.user_id \
          AND o.stream_pos <= {upto}), 0)"
-    ))
+        ),
+    )
 }
 
 /// A notification to record.

@@ -90,7 +90,8 @@ impl Positions {
 fn configure(conn: &rusqlite::Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(30)).map_err(DbError::from)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(DbError::from)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(DbError::from)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(DbError::from)?;
     Ok(())
 }
 
@@ -114,7 +115,8 @@ pub(crate) fn sqlite_max_position(conn: &rusqlite::Connection) -> Result<i64> {
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
-    m.lock().map_err(|_| StoreError::Task("connection lock poisoned".into()))
+    m.lock()
+        .map_err(|_| StoreError::Task("connection lock poisoned".into()))
 }
 
 /// The connection in `slot`, connecting first when there is none or it broke.
@@ -176,7 +178,10 @@ impl Store {
             readers.push(Mutex::new(r));
         }
         let backend = Backend::Sqlite {
-            writer: Mutex::new(SqliteWriter { conn, next_pos: max + 1 }),
+            writer: Mutex::new(SqliteWriter {
+                conn,
+                next_pos: max + 1,
+            }),
             readers,
         };
         Ok(Self::with_backend(backend, max))
@@ -189,7 +194,9 @@ impl Store {
         apply_pg_schema(&mut client)?;
         let max = {
             let conn = Conn::Pg(RefCell::new(&mut client));
-            conn.query_row("SELECT pos FROM stream_counter WHERE id = 0", [], |r| r.get::<_, i64>(0))?
+            conn.query_row("SELECT pos FROM stream_counter WHERE id = 0", [], |r| {
+                r.get::<_, i64>(0)
+            })?
         };
         let backend = Backend::Postgres {
             url: url.to_owned(),
@@ -326,8 +333,8 @@ impl Drop for RoomLease {
         let inner = self.inner.clone();
         let room = std::mem::take(&mut self.room);
         let release = move || {
-            let unlocked = Conn::Pg(RefCell::new(&mut conn))
-                .execute("SELECT pg_advisory_unlock(7247002, hashtext(?1))", [&room]);
+            let unlocked =
+                Conn::Pg(RefCell::new(&mut conn)).execute("SELECT pg_advisory_unlock(7247002, hashtext(?1))", [&room]);
             match unlocked {
                 Ok(_) => {
                     if let Ok(mut idle) = inner.lease_conns.lock() {
@@ -427,7 +434,9 @@ fn pg_transaction<T>(
     let body = (|| {
         // The row lock orders every writer of every process; it is held to
         // the commit, so positions commit in the order they are taken.
-        let pos: i64 = conn.query_row("SELECT pos FROM stream_counter WHERE id = 0 FOR UPDATE", [], |r| r.get(0))?;
+        let pos: i64 = conn.query_row("SELECT pos FROM stream_counter WHERE id = 0 FOR UPDATE", [], |r| {
+            r.get(0)
+        })?;
         let mut positions = Positions { next: pos + 1 };
         let out = f(&conn, &mut positions)?;
         let upto = positions.next - 1;

@@ -74,7 +74,9 @@ impl App {
             origin: self.process_id.clone(),
             change,
         };
-        let Ok(payload) = serde_json::to_string(&envelope) else { return };
+        let Ok(payload) = serde_json::to_string(&envelope) else {
+            return;
+        };
         // Ephemeral by nature: another process missing it is a typing
         // notice not shown, not a message lost.
         if let Err(e) = self.store.publish(payload).await {

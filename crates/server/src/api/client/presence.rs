@@ -12,7 +12,8 @@ pub async fn set(app: App, req: Ruma<set_presence::v3::Request>) -> Result<set_p
         return Err(Error::forbidden("Presence is disabled on this server"));
     }
     let msg = req.body.status_msg.clone().filter(|m| !m.is_empty());
-    app.set_presence(&req.body.user_id, req.body.presence.as_str(), Some(msg)).await;
+    app.set_presence(&req.body.user_id, req.body.presence.as_str(), Some(msg))
+        .await;
     Ok(set_presence::v3::Response::new())
 }
 
