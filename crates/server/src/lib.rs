@@ -64,8 +64,12 @@ impl App {
             None => {
                 let version = format!("ed25519:{}", services::accounts::random_string(6));
                 let der = missive_core::signing_key::generate();
-                store.insert_signing_key(version.clone(), der.clone()).await?;
-                (version, der)
+                store.insert_signing_key(version, der).await?;
+                // Another process may have stored its key first: use that one.
+                store
+                    .signing_key()
+                    .await?
+                    .ok_or_else(|| Error::Internal("the signing key was not stored".into()))?
             }
         };
         let version = version.strip_prefix("ed25519:").unwrap_or(&version).to_owned();

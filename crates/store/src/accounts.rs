@@ -42,10 +42,14 @@ impl Store {
         .await
     }
 
+    /// Stores the server's first signing key, unless a key exists already:
+    /// processes starting together on one database must end up signing
+    /// with the same key (writes are serialised, so one insert wins).
     pub async fn insert_signing_key(&self, version: String, der: Vec<u8>) -> Result<()> {
         self.write(move |tx, _| {
             tx.execute(
-                "INSERT INTO server_keys (version, der, created_ts) VALUES (?1, ?2, ?3)",
+                "INSERT INTO server_keys (version, der, created_ts) SELECT ?1, ?2, ?3 \
+                 WHERE NOT EXISTS (SELECT 1 FROM server_keys)",
                 params![version, der, now_ms()],
             )?;
             Ok(())
