@@ -22,10 +22,15 @@ pub enum Registration {
     SharedSecret(String),
 }
 
-/// A homeserver reached over HTTP.
+/// A homeserver reached over HTTP, through one base URL per process.
+///
+/// Each simulated client keeps to one base URL (sliding-sync connections and
+/// user-interactive auth sessions may live in one process only): client `i`
+/// uses `bases[i % bases.len()]`, and every request made as a [`User`] goes
+/// to the base URL the user's device was created at.
 #[derive(Clone)]
 pub struct Server {
-    pub base: String,
+    pub bases: Arc<Vec<String>>,
     pub http: reqwest::Client,
     pub registration: Registration,
     /// Requests answered 429 `M_LIMIT_EXCEEDED`: a throttled server makes every figure meaningless.
@@ -39,6 +44,8 @@ pub struct User {
     pub localpart: String,
     pub device_id: String,
     pub token: String,
+    /// The base URL this device was created at, and talks to.
+    pub base: Arc<str>,
 }
 
 /// An answer that was not a 2xx.
@@ -84,21 +91,29 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Server {
-    pub fn new(base: &str, registration: Registration, max_connections: usize) -> anyhow::Result<Server> {
+    pub fn new(bases: &[String], registration: Registration, max_connections: usize) -> anyhow::Result<Server> {
+        if bases.is_empty() {
+            bail!("no base URL");
+        }
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(max_connections)
             .timeout(Duration::from_secs(180))
             .connect_timeout(Duration::from_secs(10))
             .build()?;
         Ok(Server {
-            base: base.trim_end_matches('/').to_owned(),
+            bases: Arc::new(bases.iter().map(|b| b.trim_end_matches('/').to_owned()).collect()),
             http,
             registration,
             rate_limited: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// Sends one request; returns the JSON body of a 2xx and the body length.
+    /// The base URL of simulated client `client` (round-robin over the processes).
+    pub fn base(&self, client: usize) -> &str {
+        &self.bases[client % self.bases.len()]
+    }
+
+    /// Sends one request to the first base URL; returns the JSON body of a 2xx and the body length.
     pub async fn call_sized(
         &self,
         method: reqwest::Method,
@@ -106,7 +121,19 @@ impl Server {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> anyhow::Result<(Value, usize)> {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        self.call_sized_at(self.base(0), method, path, token, body).await
+    }
+
+    /// Sends one request to `base`; returns the JSON body of a 2xx and the body length.
+    pub async fn call_sized_at(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(Value, usize)> {
+        let mut req = self.http.request(method, format!("{base}{path}"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -135,17 +162,31 @@ impl Server {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
-        Ok(self.call_sized(method, path, token, body).await?.0)
+        self.call_at(self.base(0), method, path, token, body).await
     }
 
-    /// `GET /_matrix/client/versions`, to wait for a server to be up.
-    pub async fn versions(&self) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::GET, "/_matrix/client/versions", None, None)
+    pub async fn call_at(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        Ok(self.call_sized_at(base, method, path, token, body).await?.0)
+    }
+
+    /// `GET /_matrix/client/versions` at one base URL, to check that a process is up.
+    pub async fn versions_at(&self, base: &str) -> anyhow::Result<Value> {
+        self.call_at(base, reqwest::Method::GET, "/_matrix/client/versions", None, None)
             .await
     }
 
-    /// Creates an account and returns its first device.
-    pub async fn register(&self, localpart: &str) -> anyhow::Result<User> {
+    /// Creates an account as simulated client `client`, and returns its first
+    /// device. Every step (both requests of the user-interactive auth, or the
+    /// admin API's nonce and registration) goes to that client's base URL.
+    pub async fn register(&self, client: usize, localpart: &str) -> anyhow::Result<User> {
+        let base = self.base(client);
         let pw = password(localpart);
         let done = match &self.registration {
             Registration::Open => {
@@ -155,7 +196,7 @@ impl Server {
                     "password": pw,
                     "initial_device_display_name": "missive-bench",
                 });
-                match self.call(reqwest::Method::POST, path, None, Some(&body)).await {
+                match self.call_at(base, reqwest::Method::POST, path, None, Some(&body)).await {
                     Ok(v) => v,
                     Err(e) => {
                         let Some(h) = e.downcast_ref::<HttpError>().filter(|h| h.status == 401) else {
@@ -164,7 +205,7 @@ impl Server {
                         let session = h.body["session"].as_str().unwrap_or_default().to_owned();
                         let mut body = body.clone();
                         body["auth"] = json!({ "type": "m.login.dummy", "session": session });
-                        self.call(reqwest::Method::POST, path, None, Some(&body))
+                        self.call_at(base, reqwest::Method::POST, path, None, Some(&body))
                             .await
                             .with_context(|| format!("registering {localpart} (m.login.dummy stage)"))?
                     }
@@ -172,7 +213,7 @@ impl Server {
             }
             Registration::SharedSecret(secret) => {
                 let path = "/_synapse/admin/v1/register";
-                let nonce = self.call(reqwest::Method::GET, path, None, None).await?["nonce"]
+                let nonce = self.call_at(base, reqwest::Method::GET, path, None, None).await?["nonce"]
                     .as_str()
                     .ok_or_else(|| anyhow!("no nonce from {path}"))?
                     .to_owned();
@@ -191,16 +232,18 @@ impl Server {
                     "admin": false,
                     "mac": hex(&mac.finalize().into_bytes()),
                 });
-                self.call(reqwest::Method::POST, path, None, Some(&body))
+                self.call_at(base, reqwest::Method::POST, path, None, Some(&body))
                     .await
                     .with_context(|| format!("registering {localpart} with the shared secret"))?
             }
         };
-        user_from(localpart, &done)
+        user_from(base, localpart, &done)
     }
 
-    /// Logs in with the password, creating a new device.
-    pub async fn login(&self, localpart: &str) -> anyhow::Result<User> {
+    /// Logs in with the password as simulated client `client`, creating a new
+    /// device that talks to that client's base URL.
+    pub async fn login(&self, client: usize, localpart: &str) -> anyhow::Result<User> {
+        let base = self.base(client);
         let body = json!({
             "type": "m.login.password",
             "identifier": { "type": "m.id.user", "user": localpart },
@@ -211,32 +254,47 @@ impl Server {
             .call(reqwest::Method::POST, "/_matrix/client/v3/login", None, Some(&body))
             .await
             .with_context(|| format!("logging in {localpart}"))?;
-        user_from(localpart, &v)
+        user_from(base, localpart, &v)
     }
 }
 
-fn user_from(localpart: &str, v: &Value) -> anyhow::Result<User> {
+fn user_from(base: &str, localpart: &str, v: &Value) -> anyhow::Result<User> {
     let field = |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no {k} in {v}"));
     Ok(User {
         user_id: field("user_id")?,
         localpart: localpart.to_owned(),
         device_id: field("device_id")?,
         token: field("access_token")?,
+        base: base.into(),
     })
 }
 
-/// Requests made as one user.
+/// Requests made as one user, to the base URL its device was created at.
 impl User {
     pub async fn get(&self, s: &Server, path: &str) -> anyhow::Result<Value> {
-        s.call(reqwest::Method::GET, path, Some(&self.token), None).await
+        s.call_at(&self.base, reqwest::Method::GET, path, Some(&self.token), None)
+            .await
     }
 
     pub async fn post(&self, s: &Server, path: &str, body: &Value) -> anyhow::Result<Value> {
-        s.call(reqwest::Method::POST, path, Some(&self.token), Some(body)).await
+        s.call_at(&self.base, reqwest::Method::POST, path, Some(&self.token), Some(body))
+            .await
     }
 
     pub async fn put(&self, s: &Server, path: &str, body: &Value) -> anyhow::Result<Value> {
-        s.call(reqwest::Method::PUT, path, Some(&self.token), Some(body)).await
+        s.call_at(&self.base, reqwest::Method::PUT, path, Some(&self.token), Some(body))
+            .await
+    }
+
+    /// A request with a body and its size, as this user.
+    pub async fn call_sized(
+        &self,
+        s: &Server,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(Value, usize)> {
+        s.call_sized_at(&self.base, method, path, Some(&self.token), body).await
     }
 
     /// Creates a public room (anyone may join) and returns its ID.
@@ -293,7 +351,7 @@ impl User {
             path.push_str("&since=");
             path.push_str(&enc(since));
         }
-        s.call_sized(reqwest::Method::GET, &path, Some(&self.token), None).await
+        self.call_sized(s, reqwest::Method::GET, &path, None).await
     }
 }
 

@@ -3,8 +3,11 @@
 //! Missive and Synapse for side-by-side figures.
 //!
 //! `missive-bench run --url …` runs the scenarios and prints a table (stdout),
-//! with progress on stderr and, with `--json FILE`, every figure per run.
-//! `missive-bench compare A.json B.json` prints the Markdown comparison.
+//! with progress on stderr and, with `--json FILE`, every figure per run. A
+//! server running as several processes gets one `--url` (and `--pid`) per
+//! process; the simulated clients are spread over the URLs round-robin.
+//! `missive-bench compare A.json B.json [C.json …]` prints the Markdown
+//! comparison.
 
 mod client;
 mod meter;
@@ -32,12 +35,15 @@ struct Cli {
 enum Command {
     /// Run scenarios against one homeserver.
     Run(Box<RunArgs>),
-    /// Print the Markdown side-by-side table of two `--json` results.
+    /// Print the Markdown side-by-side table of two or more `--json` results.
     Compare {
-        /// The first result (its label is the first column, the one ratios favour when > 1).
-        a: PathBuf,
-        /// The second result.
-        b: PathBuf,
+        /// The results, one column each, in this order.
+        #[arg(required = true, num_args = 2..)]
+        results: Vec<PathBuf>,
+        /// A column "ahead, by" comparing two results, as `I:J` (1-based
+        /// positions in the list of results); repeatable. Default: `1:2`.
+        #[arg(long, value_parser = parse_pair)]
+        ahead: Vec<(usize, usize)>,
     },
 }
 
@@ -57,6 +63,21 @@ pub enum ScenarioId {
     Login,
 }
 
+impl ScenarioId {
+    /// The short identifier and the title its scenario module gives it, for
+    /// a scenario that failed before it returned any.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            ScenarioId::Send => ("send", "1 send throughput"),
+            ScenarioId::Latency => ("latency", "2 delivery latency"),
+            ScenarioId::InitialSync => ("initial_sync", "3 initial sync"),
+            ScenarioId::SlidingSync => ("sliding_sync", "7 sliding sync"),
+            ScenarioId::ToDevice => ("to_device", "4 to-device fan-out"),
+            ScenarioId::Login => ("login", "6 registration and login"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, serde::Serialize)]
 enum RegistrationMode {
     /// `/register` with the `m.login.dummy` stage (Missive: MISSIVE_REGISTRATION=open).
@@ -67,9 +88,11 @@ enum RegistrationMode {
 
 #[derive(Args, Clone, Debug, serde::Serialize)]
 pub struct RunArgs {
-    /// Homeserver base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8008")]
-    url: String,
+    /// Homeserver base URL. Repeat it (or separate URLs with commas) for a
+    /// server running as several processes: simulated client i talks to URL
+    /// i mod n only, and so does each account's registration.
+    #[arg(long = "url", value_delimiter = ',', default_value = "http://127.0.0.1:8008")]
+    urls: Vec<String>,
     /// Name of the server in the tables.
     #[arg(long, default_value = "server")]
     label: String,
@@ -80,9 +103,11 @@ pub struct RunArgs {
     #[arg(long, env = "MISSIVE_BENCH_SHARED_SECRET", hide_env_values = true)]
     #[serde(skip)]
     shared_secret: Option<String>,
-    /// PID of the server process, to read its memory and CPU time from /proc (same machine only).
-    #[arg(long)]
-    pid: Option<u32>,
+    /// PID of the server process, to read its memory and CPU time from /proc
+    /// (same machine only). Repeat it (or separate PIDs with commas) for a
+    /// server running as several processes: memory and CPU are their sums.
+    #[arg(long = "pid", value_delimiter = ',')]
+    pids: Vec<u32>,
     /// Scenarios to run, comma-separated, in this order.
     #[arg(
         long,
@@ -177,7 +202,7 @@ impl Ctx {
             let p = &p;
             async move {
                 client::check_deadline(deadline, "registration")?;
-                let u = self.server.register(&self.localpart(scenario, i)).await?;
+                let u = self.server.register(i, &self.localpart(scenario, i)).await?;
                 p.inc();
                 Ok(u)
             }
@@ -186,18 +211,20 @@ impl Ctx {
     }
 
     /// After a set-up, waits (at most 60 s) until the server's CPU falls
-    /// below 5 % of a core, so that work it deferred (push rule evaluation,
-    /// say) is not billed to the measured runs. Without `--pid`, a fixed second.
+    /// below 5 % of a core (all its processes together), so that work it
+    /// deferred (push rule evaluation, say) is not billed to the measured
+    /// runs. Without `--pid`, a fixed second.
     pub async fn settle(&self) {
-        let Some(pid) = self.args.pid else {
+        let pids = &self.args.pids;
+        if pids.is_empty() {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             return;
-        };
+        }
         let started = Instant::now();
-        let mut last = meter::cpu_secs(pid).unwrap_or(0.0);
+        let mut last = meter::total_cpu_secs(pids).unwrap_or(0.0);
         for _ in 0..120 {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            let now = meter::cpu_secs(pid).unwrap_or(0.0);
+            let now = meter::total_cpu_secs(pids).unwrap_or(0.0);
             if now - last < 0.025 {
                 break;
             }
@@ -211,7 +238,7 @@ impl Ctx {
     }
 
     pub fn meter(&self) -> meter::Meter {
-        meter::Meter::start(self.args.pid)
+        meter::Meter::start(&self.args.pids)
     }
 }
 
@@ -220,14 +247,22 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Run(args) => rt.block_on(run(*args)),
-        Command::Compare { a, b } => {
+        Command::Compare { results, ahead } => {
             let read = |p: &PathBuf| -> anyhow::Result<BenchResult> {
                 serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
                     .with_context(|| format!("parsing {}", p.display()))
             };
-            let (a, b) = (read(&a)?, read(&b)?);
-            print!("{}", results::compare_markdown(&a, &b));
-            let notes = results::notes_markdown(&[&a, &b]);
+            let rs = results.iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+            let mut pairs = vec![];
+            for (i, j) in if ahead.is_empty() { vec![(1, 2)] } else { ahead } {
+                if i == 0 || j == 0 || i > rs.len() || j > rs.len() || i == j {
+                    bail!("--ahead {i}:{j}: two different positions from 1 to {}", rs.len());
+                }
+                pairs.push((i - 1, j - 1));
+            }
+            let rs: Vec<&BenchResult> = rs.iter().collect();
+            print!("{}", results::compare_markdown(&rs, &pairs));
+            let notes = results::notes_markdown(&rs);
             if !notes.is_empty() {
                 print!("\nNotes from the runs:\n\n{notes}");
             }
@@ -249,11 +284,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
     };
     let max_conns = args.td_devices + args.send_users + 64;
-    let server = Server::new(&args.url, registration, max_conns)?;
-    let versions = server
-        .versions()
-        .await
-        .with_context(|| format!("no homeserver answers at {}", args.url))?;
+    let server = Server::new(&args.urls, registration, max_conns)?;
+    let urls = server.bases.join(", ");
+    // Every process must answer; the first one's versions are reported.
+    let mut versions = None;
+    for base in server.bases.iter() {
+        let v = server
+            .versions_at(base)
+            .await
+            .with_context(|| format!("no homeserver answers at {base}"))?;
+        versions.get_or_insert(v);
+    }
+    let versions = versions.unwrap_or_default();
     let started = Instant::now();
     let started_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     // Letters only at the start of a localpart; base 36 of the start time.
@@ -261,11 +303,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "b{}",
         base36(started_unix * 1000 + u64::from(std::process::id() % 1000))
     );
-    let idle_rss_kib = args.pid.and_then(meter::rss_kib);
+    let idle_rss_kib = meter::total_rss_kib(&args.pids);
     eprintln!(
-        "[{}] {} — account prefix {prefix}, idle RSS {}",
+        "[{}] {urls} — account prefix {prefix}, idle RSS {}",
         args.label,
-        args.url,
         idle_rss_kib.map_or("unknown (no --pid)".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
     );
     let ctx = Ctx {
@@ -278,15 +319,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for id in &args.scenarios {
         eprintln!("[{}] scenario {id:?}", args.label);
         let before_429 = ctx.server.rate_limited.load(std::sync::atomic::Ordering::Relaxed);
-        let mut s = match id {
+        let outcome = match id {
             ScenarioId::Send => scenarios::send::run(&ctx).await,
             ScenarioId::Latency => scenarios::latency::run(&ctx).await,
             ScenarioId::InitialSync => scenarios::initial_sync::run(&ctx, &mut sync_world).await,
             ScenarioId::SlidingSync => scenarios::sliding_sync::run(&ctx, &mut sync_world).await,
             ScenarioId::ToDevice => scenarios::to_device::run(&ctx).await,
             ScenarioId::Login => scenarios::login::run(&ctx).await,
-        }
-        .with_context(|| format!("scenario {id:?} against {}", args.url))?;
+        };
+        // A failed scenario is recorded as such and the next one runs: one
+        // failing request must not cost the figures of the others.
+        let mut s = outcome.unwrap_or_else(|e| {
+            let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            eprintln!("[{}] scenario {id:?} FAILED (unix time {at}): {e:#}", args.label);
+            let (key, title) = id.names();
+            let mut s = Scenario::new(key, title, serde_json::Value::Null);
+            s.failed = Some(format!("{e:#}"));
+            s
+        });
         s.rate_limited = ctx.server.rate_limited.load(std::sync::atomic::Ordering::Relaxed) - before_429;
         if s.rate_limited > 0 {
             eprintln!(
@@ -298,9 +348,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let result = BenchResult {
         label: args.label.clone(),
-        url: args.url.clone(),
+        url: urls,
         versions,
-        pid: args.pid,
+        pid: args.pids.first().copied(),
+        pids: args.pids.clone(),
         runs: args.runs,
         idle_rss_kib,
         started_unix,
@@ -314,6 +365,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     print!("{}", results::table(&result));
     Ok(())
+}
+
+/// `I:J`, two positions.
+fn parse_pair(s: &str) -> Result<(usize, usize), String> {
+    let (i, j) = s.split_once(':').ok_or("expected I:J")?;
+    let n = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((n(i)?, n(j)?))
 }
 
 fn base36(mut n: u64) -> String {

@@ -1,5 +1,6 @@
-//! The server process seen from /proc: resident memory (sampled, to catch the
-//! peak during a run) and CPU time. Also the progress display on stderr.
+//! The server's processes seen from /proc: resident memory (sampled, to catch
+//! the peak during a run) and CPU time, summed over the processes when the
+//! server runs as several. Also the progress display on stderr.
 
 use std::{
     sync::{
@@ -30,9 +31,26 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Samples a process while a measured run goes on.
+/// Total `VmRSS` of several processes, in KiB; `None` without PIDs or when
+/// one of them cannot be read (a partial sum would pass for a fall).
+pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| rss_kib(p)).sum()
+}
+
+/// Total CPU time of several processes, in seconds; `None` as for [`total_rss_kib`].
+pub fn total_cpu_secs(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_secs(p)).sum()
+}
+
+/// Samples the server's processes while a measured run goes on.
 pub struct Meter {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     start_rss: Option<u64>,
     peak: Arc<AtomicU64>,
     cpu_start: Option<f64>,
@@ -48,27 +66,30 @@ pub struct Reading {
 }
 
 impl Meter {
-    pub fn start(pid: Option<u32>) -> Meter {
-        let start_rss = pid.and_then(rss_kib);
+    /// Starts sampling; the peak is that of the sum of the processes' RSS,
+    /// each sample reading every process.
+    pub fn start(pids: &[u32]) -> Meter {
+        let pids = pids.to_vec();
+        let start_rss = total_rss_kib(&pids);
         let peak = Arc::new(AtomicU64::new(start_rss.unwrap_or(0)));
-        let task = pid.map(|pid| {
-            let peak = peak.clone();
+        let task = (!pids.is_empty()).then(|| {
+            let (peak, pids) = (peak.clone(), pids.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(20));
                 // Bounded: a run never lasts a day.
                 for _ in 0..(24 * 3600 * 50) {
                     tick.tick().await;
-                    if let Some(r) = rss_kib(pid) {
+                    if let Some(r) = total_rss_kib(&pids) {
                         peak.fetch_max(r, Ordering::Relaxed);
                     }
                 }
             })
         });
         Meter {
-            pid,
+            cpu_start: total_cpu_secs(&pids),
+            pids,
             start_rss,
             peak,
-            cpu_start: pid.and_then(cpu_secs),
             task,
         }
     }
@@ -77,12 +98,12 @@ impl Meter {
         if let Some(t) = self.task.take() {
             t.abort();
         }
-        let last = self.pid.and_then(rss_kib).unwrap_or(0);
+        let last = total_rss_kib(&self.pids).unwrap_or(0);
         let peak = self.peak.load(Ordering::Relaxed).max(last);
         Reading {
             start_rss_mib: self.start_rss.map(|k| k as f64 / 1024.0),
-            peak_rss_mib: self.pid.map(|_| peak as f64 / 1024.0),
-            cpu_secs: match (self.cpu_start, self.pid.and_then(cpu_secs)) {
+            peak_rss_mib: (!self.pids.is_empty()).then_some(peak as f64 / 1024.0),
+            cpu_secs: match (self.cpu_start, total_cpu_secs(&self.pids)) {
                 (Some(a), Some(b)) => Some(b - a),
                 _ => None,
             },

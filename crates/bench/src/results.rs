@@ -115,6 +115,9 @@ pub struct Scenario {
     pub metrics: Vec<Metric>,
     /// Why the scenario did not run, if it did not.
     pub skipped: Option<String>,
+    /// The error that ended the scenario, if one did (its figures are then lost).
+    #[serde(default)]
+    pub failed: Option<String>,
     pub notes: Vec<String>,
     /// Failed requests during the measured runs.
     pub errors: u64,
@@ -139,6 +142,7 @@ impl Scenario {
             params,
             metrics: vec![],
             skipped: None,
+            failed: None,
             notes: vec![],
             errors: 0,
             rate_limited: 0,
@@ -165,7 +169,11 @@ pub struct BenchResult {
     pub url: String,
     /// `/_matrix/client/versions` as the server answered it.
     pub versions: Value,
+    /// The first of `pids`.
     pub pid: Option<u32>,
+    /// Every process of the server (memory and CPU figures are their sums).
+    #[serde(default)]
+    pub pids: Vec<u32>,
     pub runs: usize,
     pub idle_rss_kib: Option<u64>,
     pub started_unix: u64,
@@ -187,6 +195,10 @@ pub fn table(r: &BenchResult) -> String {
     for s in &r.scenarios {
         if let Some(why) = &s.skipped {
             rows.push([s.id.clone(), "skipped".into(), why.clone()]);
+            continue;
+        }
+        if let Some(why) = &s.failed {
+            rows.push([s.id.clone(), "FAILED".into(), why.clone()]);
             continue;
         }
         for m in ordered(&s.metrics) {
@@ -233,103 +245,148 @@ fn ratio_cell(m: &Metric, a: Option<&Metric>, b: Option<&Metric>, a_label: &str,
     }
 }
 
-/// The side-by-side Markdown table of two runs (same scenarios).
-pub fn compare_markdown(a: &BenchResult, b: &BenchResult) -> String {
-    let mut out = format!(
-        "| scenario | figure | {} | {} | ahead, by |\n|---|---|---:|---:|---|\n",
-        a.label, b.label
+/// What a result's column shows for a scenario without figures, if so.
+fn status_cell(s: Option<&Scenario>) -> Option<String> {
+    match s {
+        None => Some("–".into()),
+        Some(s) if s.failed.is_some() => Some("failed (see notes)".into()),
+        Some(s) if s.skipped.is_some() => Some("skipped (see notes)".into()),
+        Some(_) => None,
+    }
+}
+
+/// The side-by-side Markdown table of several runs: one column per result,
+/// then one "ahead, by" column per pair `(i, j)` of positions in `rs`.
+pub fn compare_markdown(rs: &[&BenchResult], pairs: &[(usize, usize)]) -> String {
+    let mut out = "| scenario | figure |".to_owned();
+    for r in rs {
+        out.push_str(&format!(" {} |", r.label));
+    }
+    for &(i, j) in pairs {
+        if rs.len() == 2 && pairs.len() == 1 {
+            out.push_str(" ahead, by |");
+        } else {
+            out.push_str(&format!(" ahead, by: {} vs {} |", rs[i].label, rs[j].label));
+        }
+    }
+    out.push_str("\n|---|---|");
+    out.push_str(&"---:|".repeat(rs.len()));
+    out.push_str(&"---|".repeat(pairs.len()));
+    out.push('\n');
+    let row = |out: &mut String, title: &str, figure: &str, cells: Vec<String>, ratios: Vec<String>| {
+        out.push_str(&format!("| {title} | {figure} |"));
+        for c in cells.iter().chain(&ratios) {
+            out.push_str(&format!(" {c} |"));
+        }
+        out.push('\n');
+    };
+
+    let idle: Vec<Option<Metric>> = rs
+        .iter()
+        .map(|r| {
+            r.idle_rss_kib.map(|k| {
+                let mut m = Metric::new("idle RSS", "MiB", false);
+                m.push(k as f64 / 1024.0);
+                m
+            })
+        })
+        .collect();
+    let ratios = |ms: &[Option<&Metric>]| -> Vec<String> {
+        pairs
+            .iter()
+            .map(|&(i, j)| match ms[i].or(ms[j]) {
+                Some(m) => ratio_cell(m, ms[i], ms[j], &rs[i].label, &rs[j].label),
+                None => "–".into(),
+            })
+            .collect()
+    };
+    let idle_refs: Vec<Option<&Metric>> = idle.iter().map(Option::as_ref).collect();
+    row(
+        &mut out,
+        "5 memory",
+        "idle RSS after start",
+        idle_refs.iter().map(|m| m.map_or("–".into(), Metric::cell)).collect(),
+        ratios(&idle_refs),
     );
-    let mib = |k: Option<u64>| k.map(|k| format!("{} MiB", fmt(k as f64 / 1024.0)));
-    let idle = Metric::new("idle RSS", "MiB", false);
-    let ia = a.idle_rss_kib.map(|k| {
-        let mut m = idle.clone();
-        m.push(k as f64 / 1024.0);
-        m
-    });
-    let ib = b.idle_rss_kib.map(|k| {
-        let mut m = idle.clone();
-        m.push(k as f64 / 1024.0);
-        m
-    });
-    out.push_str(&format!(
-        "| 5 memory | idle RSS after start | {} | {} | {} |\n",
-        mib(a.idle_rss_kib).unwrap_or("–".into()),
-        mib(b.idle_rss_kib).unwrap_or("–".into()),
-        ratio_cell(&idle, ia.as_ref(), ib.as_ref(), &a.label, &b.label)
-    ));
-    for sa in &a.scenarios {
-        let sb = b.scenarios.iter().find(|s| s.id == sa.id);
-        let skipped = |s: Option<&Scenario>| {
-            s.filter(|s| s.skipped.is_some())
-                .map(|_| "skipped (see notes)".to_owned())
-        };
-        if sa.skipped.is_some() || sb.is_some_and(|s| s.skipped.is_some()) {
-            // One row per metric of whichever ran, or a single row.
-            let ran = if sa.skipped.is_none() {
-                Some(sa)
-            } else {
-                sb.filter(|s| s.skipped.is_none())
-            };
-            let names: Vec<&Metric> = ran.map(|s| ordered(&s.metrics)).unwrap_or_default();
-            if names.is_empty() {
-                out.push_str(&format!(
-                    "| {} | – | {} | {} | – |\n",
-                    sa.title,
-                    skipped(Some(sa)).unwrap_or_default(),
-                    skipped(sb).unwrap_or_default()
-                ));
+
+    // Scenarios in the order of the first result that has them.
+    let mut ids: Vec<&str> = vec![];
+    for r in rs {
+        for s in &r.scenarios {
+            if !ids.contains(&s.id.as_str()) {
+                ids.push(&s.id);
             }
-            for m in names {
-                let cell = |s: Option<&Scenario>| {
-                    skipped(s).unwrap_or_else(|| {
-                        s.and_then(|s| s.metrics.iter().find(|x| x.name == m.name))
-                            .map(Metric::cell)
-                            .unwrap_or("–".into())
-                    })
-                };
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} | – |\n",
-                    sa.title,
-                    m.name,
-                    cell(Some(sa)),
-                    cell(sb)
-                ));
+        }
+    }
+    for id in ids {
+        let ss: Vec<Option<&Scenario>> = rs.iter().map(|r| r.scenarios.iter().find(|s| s.id == id)).collect();
+        let title = ss.iter().flatten().next().map_or(id, |s| s.title.as_str());
+        // Every figure any result has, the server's memory and CPU last.
+        let mut names: Vec<&Metric> = vec![];
+        for s in ss.iter().flatten().filter(|s| status_cell(Some(s)).is_none()) {
+            for m in ordered(&s.metrics) {
+                if !names.iter().any(|x| x.name == m.name) {
+                    names.push(m);
+                }
             }
+        }
+        names.sort_by_key(|m| m.name.contains("RSS") || m.name.contains("CPU"));
+        if names.is_empty() {
+            let cells = ss.iter().map(|s| status_cell(*s).unwrap_or("–".into())).collect();
+            row(&mut out, title, "–", cells, vec!["–".into(); pairs.len()]);
             continue;
         }
-        for m in ordered(&sa.metrics) {
-            let mb = sb.and_then(|s| s.metrics.iter().find(|x| x.name == m.name));
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
-                sa.title,
-                m.name,
-                m.cell(),
-                mb.map(Metric::cell).unwrap_or("–".into()),
-                ratio_cell(m, Some(m), mb, &a.label, &b.label)
-            ));
+        for m in names {
+            let found: Vec<Option<&Metric>> = ss
+                .iter()
+                .map(|s| {
+                    s.filter(|s| status_cell(Some(s)).is_none())
+                        .and_then(|s| s.metrics.iter().find(|x| x.name == m.name))
+                })
+                .collect();
+            let cells = ss
+                .iter()
+                .zip(&found)
+                .map(|(s, f)| status_cell(*s).unwrap_or_else(|| f.map_or("–".into(), Metric::cell)))
+                .collect();
+            row(&mut out, title, &m.name, cells, ratios(&found));
         }
     }
     out
 }
 
-/// Scenario parameters and anomalies of both runs, as Markdown bullet lines.
+/// Scenario parameters and anomalies of the runs, as Markdown bullet lines;
+/// a note several results share is written once, with their labels.
 pub fn notes_markdown(results: &[&BenchResult]) -> String {
-    let mut out = String::new();
+    // (scenario title, note) → labels, in order of first appearance.
+    let mut notes: Vec<(String, String, Vec<&str>)> = vec![];
     for r in results {
         for s in &r.scenarios {
+            let mut lines = vec![];
             if s.errors > 0 || s.rate_limited > 0 {
-                out.push_str(&format!(
-                    "- {} / {}: {} failed requests in the measured runs, {} answered 429 (rate-limited)\n",
-                    r.label, s.title, s.errors, s.rate_limited
+                lines.push(format!(
+                    "{} failed requests in the measured runs, {} answered 429 (rate-limited)",
+                    s.errors, s.rate_limited
                 ));
             }
-            if let Some(why) = &s.skipped {
-                out.push_str(&format!("- {} / {}: skipped, {why}\n", r.label, s.title));
+            if let Some(why) = &s.failed {
+                lines.push(format!("failed, {why}"));
             }
-            for n in &s.notes {
-                out.push_str(&format!("- {} / {}: {n}\n", r.label, s.title));
+            if let Some(why) = &s.skipped {
+                lines.push(format!("skipped, {why}"));
+            }
+            lines.extend(s.notes.iter().cloned());
+            for n in lines {
+                match notes.iter_mut().find(|(t, x, _)| *t == s.title && *x == n) {
+                    Some((.., labels)) => labels.push(&r.label),
+                    None => notes.push((s.title.clone(), n, vec![&r.label])),
+                }
             }
         }
+    }
+    let mut out = String::new();
+    for (title, n, labels) in notes {
+        out.push_str(&format!("- {} / {title}: {n}\n", labels.join(", ")));
     }
     out
 }

@@ -152,7 +152,14 @@ where
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
+        if let Some(n) = declared.filter(|n| *n > limit as u64) {
+            // A client still sending its body when the connection closes
+            // sees a broken pipe, not the 413: read (and drop) a bounded
+            // overshoot first so that it gets the answer.
+            if n <= DRAIN_BYTES {
+                let drain = http_body_util::BodyExt::collect(body);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+            }
             return Err(Error::too_large(too_large_message(kind, limit)));
         }
         let bytes = axum::body::to_bytes(body, limit)
@@ -186,6 +193,9 @@ where
         })
     }
 }
+
+/// The largest refused body still read to its end before the 413 is sent.
+const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
 
 fn too_large_message(kind: BodyKind, limit: usize) -> String {
     match kind {

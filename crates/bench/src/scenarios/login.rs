@@ -33,12 +33,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     ctx.settle().await;
     let sv = &ctx.server;
     for run in 0..a.runs {
-        // Registrations: worker w registers `<prefix>_reg<run>_<w>_<k>`.
+        // Registrations: worker w registers `<prefix>_reg<run>_<w>_<k>`; worker w
+        // is simulated client w (so, with several URLs, talks to URL w mod n).
         let meter = ctx.meter();
         let (rate, errors) = timed(c, a.register_secs, |w, k| {
             let sv = sv.clone();
             let name = format!("{}_reg{run}_{w}_{k}", ctx.prefix);
-            async move { sv.register(&name).await.map(drop) }
+            async move { sv.register(w, &name).await.map(drop) }
         })
         .await;
         record(&mut s, &meter.finish(), false);
@@ -48,7 +49,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
         let meter = ctx.meter();
         let (rate2, errors) = timed(c, a.login_secs, |w, _| {
             let (sv, lp) = (sv.clone(), users[w].localpart.clone());
-            async move { sv.login(&lp).await.map(drop) }
+            async move { sv.login(w, &lp).await.map(drop) }
         })
         .await;
         record(&mut s, &meter.finish(), false);

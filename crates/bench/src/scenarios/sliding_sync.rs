@@ -72,13 +72,10 @@ pub async fn run(ctx: &Ctx, slot: &mut Option<initial_sync::World>) -> anyhow::R
         });
         let meter = ctx.meter();
         let t = Instant::now();
-        let r = sv
-            .call_sized(
-                reqwest::Method::POST,
-                &format!("{PATH}?timeout=0"),
-                Some(&w.user.token),
-                Some(&body),
-            )
+        // To the user's own process: the connection lives there.
+        let r = w
+            .user
+            .call_sized(sv, reqwest::Method::POST, &format!("{PATH}?timeout=0"), Some(&body))
             .await;
         let took = ms(t.elapsed());
         let reading = meter.finish();

@@ -55,15 +55,18 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Scenario> {
     let mut users = ctx.register_many("todev", n_users + 1).await?;
     let sender = users.pop().expect("n_users + 1 >= 1");
     // Device j of user u: the registration's device for j = 0, a login otherwise.
+    // Each login is a new simulated client, numbered after the registered ones.
     let logins: Vec<(usize, usize)> = (0..n_users)
         .flat_map(|u| (1..per).map(move |j| (u, j)))
         .filter(|(u, j)| u * per + j < d)
+        .enumerate()
+        .map(|(k, (u, _))| (n_users + 1 + k, u))
         .collect();
     let p = Progress::new("to-device", "logging in devices", logins.len());
-    let extra = for_each_concurrent(logins, a.setup_concurrency, |(u, _)| {
+    let extra = for_each_concurrent(logins, a.setup_concurrency, |(client, u)| {
         let (p, users) = (&p, &users);
         async move {
-            let dev = sv.login(&users[u].localpart).await?;
+            let dev = sv.login(client, &users[u].localpart).await?;
             p.inc();
             Ok(dev)
         }
