@@ -639,7 +639,11 @@ mod tests {
         .unwrap()
     }
 
-    async fn append(store: &Store, pdu: Pdu, new_room: bool) {
+    async fn append(store: &Store, mut pdu: Pdu, new_room: bool) {
+        // The store appends an event only on the room's latest one.
+        if !new_room {
+            pdu.prev_events = store.forward_extremities(ROOM.into()).await.unwrap().0;
+        }
         store
             .append_event(NewRoomEvent {
                 pdu,
