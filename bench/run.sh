@@ -71,7 +71,7 @@ if [ -n "$PG" ]; then
 fi
 # A new, empty database that sorts text byte-wise (what Missive and Synapse both want).
 fresh_db() {
-    psql_admin -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" \
+    psql_admin -c "SET client_min_messages TO warning" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" \
         -c "CREATE DATABASE $1 TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
 }
 
@@ -272,7 +272,8 @@ start_missive() { # log port env-assignments...
 }
 
 # What went wrong around the runs (processes that died, error lines in the
-# logs), for BENCHMARKS.md.
+# logs), for BENCHMARKS.md. Error lines: Synapse's " - ERROR - " and
+# " - CRITICAL - ", Missive's (tracing's) level field ERROR, Rust panics.
 : > "$RUN_DIR/problems.txt"
 check_after() { # label pids(comma-separated) logs...
     local label=$1 pids=$2 p n log; shift 2
@@ -280,7 +281,7 @@ check_after() { # label pids(comma-separated) logs...
         kill -0 "$p" 2>/dev/null || echo "$label: process $p exited during the runs" >> "$RUN_DIR/problems.txt"
     done
     for log in "$@"; do
-        n=$(grep -cE 'ERROR|CRITICAL|panicked' "$log" || true)
+        n=$(grep -cE ' - (ERROR|CRITICAL) - |(^|[^A-Z_])ERROR([^A-Z_]|$)|panicked' "$log" || true)
         [ "$n" = 0 ] || echo "$label: $n lines at level ERROR or above in \`${log/#$WORK/\$WORK}\`" >> "$RUN_DIR/problems.txt"
     done
 }
@@ -365,9 +366,9 @@ DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | gre
         echo "(**PG ×3**, the simulated clients spread round-robin over the three ports, each client keeping"
         echo "to one), and Synapse as one process. The load generator ($BENCH) runs on the same machine"
         echo "and speaks only the Client-Server API. Each figure is the **median of $RUNS runs**, with the"
-        echo "spread (min–max) in brackets. The \"ahead, by\" columns compare Missive with Synapse on the"
-        echo "same database and say which is ahead and by how many times (for times and memory: the larger"
-        echo "over the smaller)."
+        echo "spread (min–max) in brackets. The last three columns (\"A vs B\") compare Missive with Synapse"
+        echo "on the same database and say which is ahead and by how many times (for times and memory: the"
+        echo "larger over the smaller)."
         echo
         echo "Memory and CPU figures are the homeserver's own process (for PG ×3, the sum of its three"
         echo "processes). PostgreSQL's processes are counted for no server: SQLite works inside the server"
@@ -489,8 +490,8 @@ DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | gre
         echo
         echo "The same \`homeserver.yaml\` (its own port, paths under \`\$WORK/run/synapse-pg\`, its own"
         echo "secrets and signing key) with this \`database\` section, on a fresh database created as for"
-        echo "Missive; the connection pool is Synapse's default (\`cp_min\` 5, \`cp_max\` 10); one process,"
-        echo "no workers:"
+        echo "Missive; no \`cp_min\`/\`cp_max\`, so the connection pool is Twisted adbapi's default (3 to 5"
+        echo "connections); one process, no workers:"
         echo
         echo '```yaml'
         echo "database:"

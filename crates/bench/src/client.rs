@@ -53,11 +53,13 @@ pub struct User {
 pub struct HttpError {
     pub status: u16,
     pub body: Value,
+    /// The request: method and URL without its query string.
+    pub request: String,
 }
 
 impl std::fmt::Display for HttpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP {}: {}", self.status, self.body)
+        write!(f, "HTTP {} to {}: {}", self.status, self.request, self.body)
     }
 }
 
@@ -133,6 +135,7 @@ impl Server {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> anyhow::Result<(Value, usize)> {
+        let request = format!("{method} {base}{}", path.split('?').next().unwrap_or(path));
         let mut req = self.http.request(method, format!("{base}{path}"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -142,7 +145,7 @@ impl Server {
                 .header("content-type", "application/json")
                 .body(serde_json::to_vec(b)?);
         }
-        let res = req.send().await?;
+        let res = req.send().await.with_context(|| request.clone())?;
         let status = res.status().as_u16();
         let bytes = res.bytes().await?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -150,7 +153,12 @@ impl Server {
             if status == 429 {
                 self.rate_limited.fetch_add(1, Ordering::Relaxed);
             }
-            return Err(HttpError { status, body: value }.into());
+            return Err(HttpError {
+                status,
+                body: value,
+                request,
+            }
+            .into());
         }
         Ok((value, bytes.len()))
     }

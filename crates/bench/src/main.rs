@@ -271,7 +271,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    // A process given twice is counted once.
+    let mut seen = std::collections::HashSet::new();
+    args.pids.retain(|p| seen.insert(*p));
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }

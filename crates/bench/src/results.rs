@@ -266,7 +266,7 @@ pub fn compare_markdown(rs: &[&BenchResult], pairs: &[(usize, usize)]) -> String
         if rs.len() == 2 && pairs.len() == 1 {
             out.push_str(" ahead, by |");
         } else {
-            out.push_str(&format!(" ahead, by: {} vs {} |", rs[i].label, rs[j].label));
+            out.push_str(&format!(" {} vs {} |", rs[i].label, rs[j].label));
         }
     }
     out.push_str("\n|---|---|");
@@ -356,7 +356,8 @@ pub fn compare_markdown(rs: &[&BenchResult], pairs: &[(usize, usize)]) -> String
 }
 
 /// Scenario parameters and anomalies of the runs, as Markdown bullet lines;
-/// a note several results share is written once, with their labels.
+/// a note several results share is written once, with their labels (none
+/// when every result has it).
 pub fn notes_markdown(results: &[&BenchResult]) -> String {
     // (scenario title, note) → labels, in order of first appearance.
     let mut notes: Vec<(String, String, Vec<&str>)> = vec![];
@@ -386,7 +387,11 @@ pub fn notes_markdown(results: &[&BenchResult]) -> String {
     }
     let mut out = String::new();
     for (title, n, labels) in notes {
-        out.push_str(&format!("- {} / {title}: {n}\n", labels.join(", ")));
+        if labels.len() == results.len() && labels.len() > 1 {
+            out.push_str(&format!("- {title}: {n}\n"));
+        } else {
+            out.push_str(&format!("- {} / {title}: {n}\n", labels.join(", ")));
+        }
     }
     out
 }

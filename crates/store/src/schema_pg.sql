@@ -270,13 +270,6 @@ CREATE INDEX IF NOT EXISTS media_pending ON media (uploader, expires_ts) WHERE s
 -- of content.body (weight A), content.name (B) and content.topic (C),
 -- lowercased and with diacritics folded, so "reunion" finds "Réunion"; the
 -- text itself is in events.json already.
--- The table's first shape (text columns, never filled) is replaced.
-DO $$ BEGIN
-    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
-               AND table_name = 'event_search' AND column_name = 'body') THEN
-        DROP TABLE event_search;
-    END IF;
-END $$;
 CREATE TABLE IF NOT EXISTS event_search (
     stream_pos BIGINT PRIMARY KEY,
     doc TSVECTOR NOT NULL
