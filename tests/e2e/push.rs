@@ -758,6 +758,16 @@ async fn failed_pushes_are_retried_and_rejected_pushkeys_removed() {
     let alice = Raw::register(&server, "alice").await;
     let bob = Raw::register(&server, "bob").await;
     let room = room_with(&alice, None, &[&bob]).await;
+    // Push rules are evaluated after the send returns: let the invite's
+    // evaluation finish before the pusher exists, or the invite is pushed too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bob.ok("GET", "/_matrix/client/v3/notifications", None).await["notifications"]
+        .as_array()
+        .is_none_or(|n| n.is_empty())
+    {
+        assert!(Instant::now() < deadline, "the invite was never evaluated for bob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     set_pusher(&bob, &gw, "bob-phone", json!({})).await;
 
     // The gateway fails twice: the notification comes on the third try
