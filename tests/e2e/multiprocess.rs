@@ -28,6 +28,20 @@ async fn three_processes() -> Option<(TestServer, TestServer, TestServer)> {
     Some((a, b, c))
 }
 
+/// Alice on `a` makes a public room that Bob on `b` joins.
+async fn alice_on_a_and_bob_on_b(a: &TestServer, b: &TestServer) -> (Raw, Raw, String) {
+    let alice = Raw::register(a, "alice").await;
+    let bob = Raw::register(b, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.ok(
+        "POST",
+        &format!("/_matrix/client/v3/join/{}", enc(&room)),
+        Some(json!({})),
+    )
+    .await;
+    (alice, bob, room)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_deliver_every_event_once_in_order() {
     let Some((a, b, c)) = three_processes().await else {
@@ -86,15 +100,7 @@ async fn a_long_poll_on_one_process_wakes_for_a_send_on_another() {
     let Some((a, b, _c)) = three_processes().await else {
         return;
     };
-    let alice = Raw::register(&a, "alice").await;
-    let bob = Raw::register(&b, "bob").await;
-    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    bob.ok(
-        "POST",
-        &format!("/_matrix/client/v3/join/{}", enc(&room)),
-        Some(json!({})),
-    )
-    .await;
+    let (alice, bob, room) = alice_on_a_and_bob_on_b(&a, &b).await;
     let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let waiting = {
         let bob = bob.clone();
@@ -243,15 +249,7 @@ async fn typing_on_one_process_shows_on_another() {
     let Some((a, b, _c)) = three_processes().await else {
         return;
     };
-    let alice = Raw::register(&a, "alice").await;
-    let bob = Raw::register(&b, "bob").await;
-    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    bob.ok(
-        "POST",
-        &format!("/_matrix/client/v3/join/{}", enc(&room)),
-        Some(json!({})),
-    )
-    .await;
+    let (alice, bob, room) = alice_on_a_and_bob_on_b(&a, &b).await;
     let mut since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
     alice
         .ok(

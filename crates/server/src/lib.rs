@@ -97,18 +97,6 @@ impl App {
         }));
         app.follow_other_processes();
         push_worker.spawn(&app);
-        // Commits by other processes on the same database (PostgreSQL) wake
-        // this process's waiting syncs too.
-        let mut commits = app.store.subscribe_commits();
-        let weak = Arc::downgrade(&app.0);
-        tokio::spawn(async move {
-            while commits.changed().await.is_ok() {
-                match weak.upgrade() {
-                    Some(inner) => App(inner).notify(),
-                    None => break,
-                }
-            }
-        });
         Ok(app)
     }
 

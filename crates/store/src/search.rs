@@ -786,78 +786,29 @@ mod tests {
             true,
         )
         .await;
-        append(
-            store,
-            pdu(
+        let text = |body: &str| json!({"msgtype": "m.text", "body": body});
+        let events = [
+            (
                 2,
                 "m.room.name",
                 Some(""),
                 json!({"name": "Budget committee", "topic": "To be named"}),
             ),
-            false,
-        )
-        .await;
-        append(
-            store,
-            pdu(3, "m.room.topic", Some(""), json!({"topic": "Quarterly budget"})),
-            false,
-        )
-        .await;
-        append(
-            store,
-            pdu(
-                4,
-                "m.room.message",
-                None,
-                json!({"msgtype": "m.text", "body": "Réunion budgétaire demain"}),
-            ),
-            false,
-        )
-        .await;
-        append(
-            store,
-            pdu(
-                5,
-                "m.room.message",
-                None,
-                json!({"msgtype": "m.text", "body": "budget budget budget"}),
-            ),
-            false,
-        )
-        .await;
-        append(
-            store,
-            pdu(
+            (3, "m.room.topic", Some(""), json!({"topic": "Quarterly budget"})),
+            (4, "m.room.message", None, text("Réunion budgétaire demain")),
+            (5, "m.room.message", None, text("budget budget budget")),
+            (
                 6,
                 "m.room.encrypted",
                 None,
                 json!({"algorithm": "m.megolm.v1.aes-sha2", "body": "budget"}),
             ),
-            false,
-        )
-        .await;
-        append(
-            store,
-            pdu(
-                7,
-                "m.room.message",
-                None,
-                json!({"msgtype": "m.text", "body": "lunch?"}),
-            ),
-            false,
-        )
-        .await;
-        append(
-            store,
-            pdu(
-                8,
-                "m.room.message",
-                None,
-                json!({"msgtype": "m.text", "body": "Cafe\u{301} NOIR, L'ÉTÉ"}),
-            ),
-            false,
-        )
-        .await;
+            (7, "m.room.message", None, text("lunch?")),
+            (8, "m.room.message", None, text("Cafe\u{301} NOIR, L'ÉTÉ")),
+        ];
+        for (n, kind, state_key, content) in events {
+            append(store, pdu(n, kind, state_key, content), false).await;
+        }
 
         // Diacritics fold, prefixes match, words are ANDed.
         assert_eq!(ids(store, query("café noir")).await, ["$e8"]);

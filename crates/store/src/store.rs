@@ -44,8 +44,8 @@ pub(crate) struct Inner {
     backend: Backend,
     next_reader: AtomicUsize,
     upto: AtomicI64,
-    /// Sends `upto` whenever it moves, whichever process committed.
-    committed: tokio::sync::watch::Sender<i64>,
+    /// Sends `upto` when a commit of another process moves it (PostgreSQL).
+    others_committed: tokio::sync::watch::Sender<i64>,
     /// Messages other processes published (PostgreSQL).
     messages: tokio::sync::broadcast::Sender<String>,
     /// Connections that hold room leases, idle ones kept for the next.
@@ -214,7 +214,7 @@ impl Store {
                 backend,
                 next_reader: AtomicUsize::new(0),
                 upto: AtomicI64::new(upto),
-                committed: tokio::sync::watch::channel(upto).0,
+                others_committed: tokio::sync::watch::channel(upto).0,
                 messages: tokio::sync::broadcast::channel(1024).0,
                 lease_conns: Mutex::new(Vec::new()),
                 lease_slots: Arc::new(tokio::sync::Semaphore::new(LEASES)),
@@ -232,10 +232,10 @@ impl Store {
         self.inner.upto.load(Ordering::Acquire)
     }
 
-    /// Follows [`persisted_upto`](Self::persisted_upto), moved by this
-    /// process's commits and by other processes' (PostgreSQL).
-    pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<i64> {
-        self.inner.committed.subscribe()
+    /// Follows the commits of other processes on the same database
+    /// (PostgreSQL), as [`persisted_upto`](Self::persisted_upto) moves with them.
+    pub fn subscribe_other_commits(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.inner.others_committed.subscribe()
     }
 
     /// Tells every process on this database (itself included) `payload`:
@@ -415,10 +415,17 @@ impl Inner {
         }
     }
 
-    fn advance(&self, upto: i64) {
-        let prev = self.upto.fetch_max(upto, Ordering::AcqRel);
-        if upto > prev {
-            self.committed.send_replace(upto);
+    /// Moves the readable position; whether it moved.
+    fn advance(&self, upto: i64) -> bool {
+        upto > self.upto.fetch_max(upto, Ordering::AcqRel)
+    }
+
+    /// Moves the readable position to a commit another process announced,
+    /// and tells whoever follows those (this process's own commits wake
+    /// its syncs where they are made).
+    fn advance_from_elsewhere(&self, upto: i64) {
+        if self.advance(upto) {
+            self.others_committed.send_replace(upto);
         }
     }
 }
@@ -500,7 +507,7 @@ fn listen(weak: &Weak<Inner>, url: &str) -> Result<()> {
             .and_then(|r| r.try_get(0))
             .map_err(DbError::from)?;
         match weak.upgrade() {
-            Some(inner) => inner.advance(pos),
+            Some(inner) => inner.advance_from_elsewhere(pos),
             None => return Ok(()),
         }
         let mut notifications = client.notifications();
@@ -511,7 +518,7 @@ fn listen(weak: &Weak<Inner>, url: &str) -> Result<()> {
                 // Nobody listening is fine: no server runs on this store.
                 let _ = inner.messages.send(n.payload().to_owned());
             } else if let Ok(pos) = n.payload().parse::<i64>() {
-                inner.advance(pos);
+                inner.advance_from_elsewhere(pos);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Several processes serving one server name on one PostgreSQL database:
 //! what a process keeps only in memory and the others must know too
 //! (typing, presence) is published to all of them and applied by each.
-//! Stored changes need none of this: commits wake every process already.
+//! Stored changes travel by the store (its commits are announced), and
+//! each process wakes its own syncs for them here.
 
 use std::{sync::Arc, time::Duration};
 
@@ -84,11 +85,22 @@ impl App {
         }
     }
 
-    /// Applies what the other processes share, for as long as the server runs.
+    /// Wakes this process's syncs for the other processes' commits, and
+    /// applies what they share, for as long as the server runs.
     pub(crate) fn follow_other_processes(&self) {
         if !self.store.is_postgres() {
             return;
         }
+        let mut commits = self.store.subscribe_other_commits();
+        let weak = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            while commits.changed().await.is_ok() {
+                match weak.upgrade() {
+                    Some(inner) => App(inner).notify(),
+                    None => break,
+                }
+            }
+        });
         let mut rx = self.store.subscribe_messages();
         let weak = Arc::downgrade(&self.0);
         tokio::spawn(async move {
