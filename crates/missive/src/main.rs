@@ -135,7 +135,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "Missive is listening"
     );
-    let shutdown = async {
+    // The federation listener, beside the client one, when federation is on.
+    let federation_listener = match config.federation.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the federation listener {addr}"))?;
+            tracing::info!(listen = %l.local_addr()?, "federation (TLS) is listening");
+            Some(l)
+        }
+        None => None,
+    };
+    // One signal stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
@@ -144,6 +157,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = term.recv() => {},
         }
         tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let shutdown_signal = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
     };
     let typing_app = app.clone();
     tokio::spawn(async move {
@@ -155,7 +175,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     });
-    missive_server::serve(app, listener, shutdown).await?;
+    let federation = async {
+        match federation_listener {
+            Some(l) => missive_server::serve_federation(app.clone(), l, shutdown_signal()).await,
+            None => Ok(()),
+        }
+    };
+    let client = missive_server::serve(app.clone(), listener, shutdown_signal());
+    // A federation listener that cannot start (its certificate) stops the server.
+    tokio::try_join!(client, federation)?;
     Ok(())
 }
 

@@ -86,6 +86,61 @@ pub struct Config {
     /// previews may reach although they are not public: for test deployments
     /// or an intranet whose pages should be previewed.
     pub url_preview_ip_allowlist: Vec<crate::services::url_preview::IpRange>,
+    /// Talking to other Matrix servers (`[federation]` table); off unless `listen` is set.
+    pub federation: FederationConfig,
+}
+
+/// The `[federation]` table: the Server-Server API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Address of the TLS listener other servers connect to (usually port
+    /// 8448). Federation is on exactly when this is set: without it the
+    /// server neither answers nor sends federation requests.
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain of the federation listener, for the server
+    /// name (or the name `.well-known/matrix/server` delegates to).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of extra certificate authorities trusted for outgoing
+    /// federation requests, beside the usual public ones (a ministry's own
+    /// CA, a test CA).
+    pub ca_file: Option<PathBuf>,
+    /// The only servers this one federates with (`["a.gouv.example",
+    /// "b.gouv.example:8448"]`). When set, no request is sent to or accepted
+    /// from any other server; unset, any server may federate.
+    pub allowed_servers: Option<Vec<String>>,
+    /// How long other servers may cache this server's signing key, in seconds.
+    pub key_valid_secs: u64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            ca_file: None,
+            allowed_servers: None,
+            key_valid_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl FederationConfig {
+    /// Whether the settings fit together: a listener needs its certificate and key.
+    pub fn check(&self) -> Result<(), String> {
+        if self.listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("federation.listen needs federation.tls_cert and federation.tls_key".into());
+        }
+        if let Some(servers) = &self.allowed_servers {
+            for s in servers {
+                ruma::ServerName::parse(s).map_err(|e| format!("federation.allowed_servers: {s:?}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -110,6 +165,7 @@ impl Default for Config {
             user_directory_search_all_users: false,
             url_previews: false,
             url_preview_ip_allowlist: vec![],
+            federation: FederationConfig::default(),
         }
     }
 }
@@ -189,6 +245,84 @@ impl Config {
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("MISSIVE_URL_PREVIEW_IP_ALLOWLIST: {e}"))?;
         }
+        let fed = &mut self.federation;
+        if let Some(v) = get("MISSIVE_FEDERATION_LISTEN") {
+            fed.listen = Some(v.parse().map_err(|e| format!("MISSIVE_FEDERATION_LISTEN: {e}"))?);
+        }
+        if let Some(v) = get("MISSIVE_TLS_CERT") {
+            fed.tls_cert = Some(v.into());
+        }
+        if let Some(v) = get("MISSIVE_TLS_KEY") {
+            fed.tls_key = Some(v.into());
+        }
+        if let Some(v) = get("MISSIVE_FEDERATION_CA") {
+            fed.ca_file = Some(v.into());
+        }
+        if let Some(v) = get("MISSIVE_FEDERATION_ALLOWED") {
+            // An empty list is a list: federate with nobody.
+            fed.allowed_servers = Some(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            );
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn federation_settings_come_from_the_environment() {
+        let env = |k: &str| match k {
+            "MISSIVE_FEDERATION_LISTEN" => Some("127.0.0.1:8448".to_owned()),
+            "MISSIVE_TLS_CERT" => Some("/etc/missive/cert.pem".to_owned()),
+            "MISSIVE_TLS_KEY" => Some("/etc/missive/key.pem".to_owned()),
+            "MISSIVE_FEDERATION_CA" => Some("/etc/missive/ca.pem".to_owned()),
+            "MISSIVE_FEDERATION_ALLOWED" => Some(" a.example , localhost:8448,".to_owned()),
+            _ => None,
+        };
+        let mut config = Config::default();
+        assert!(config.federation.listen.is_none());
+        config.apply_env(env).unwrap();
+        let fed = &config.federation;
+        assert_eq!(fed.listen, Some("127.0.0.1:8448".parse().unwrap()));
+        assert_eq!(
+            fed.tls_cert.as_deref(),
+            Some(std::path::Path::new("/etc/missive/cert.pem"))
+        );
+        assert_eq!(
+            fed.tls_key.as_deref(),
+            Some(std::path::Path::new("/etc/missive/key.pem"))
+        );
+        assert_eq!(
+            fed.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/missive/ca.pem"))
+        );
+        assert_eq!(
+            fed.allowed_servers,
+            Some(vec!["a.example".to_owned(), "localhost:8448".to_owned()])
+        );
+        assert_eq!(fed.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_federation_listener_needs_its_certificate() {
+        let mut fed = FederationConfig {
+            listen: Some("127.0.0.1:8448".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(fed.check().is_err());
+        fed.tls_cert = Some("c.pem".into());
+        fed.tls_key = Some("k.pem".into());
+        assert_eq!(fed.check(), Ok(()));
+        fed.allowed_servers = Some(vec!["not a server name".into()]);
+        assert!(fed.check().is_err());
+        let bad = Config::default().apply_env(|k| (k == "MISSIVE_FEDERATION_LISTEN").then(|| "nope".to_owned()));
+        assert!(bad.is_err());
     }
 }

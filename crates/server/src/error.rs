@@ -38,6 +38,7 @@ macro_rules! constructors {
 
 constructors! {
     forbidden => FORBIDDEN, "M_FORBIDDEN";
+    unauthorized => UNAUTHORIZED, "M_UNAUTHORIZED";
     not_found => NOT_FOUND, "M_NOT_FOUND";
     unrecognized => NOT_FOUND, "M_UNRECOGNIZED";
     bad_json => BAD_REQUEST, "M_BAD_JSON";

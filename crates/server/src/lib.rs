@@ -45,6 +45,10 @@ pub struct AppInner {
     pub process_id: String,
     /// URL previews already built.
     pub url_previews: services::url_preview::UrlPreviews,
+    /// The federation transport: keys, signed requests, discovery.
+    pub federation: services::federation::Federation,
+    /// The per-destination outgoing queues.
+    pub fed_sender: services::federation::sender::Sender,
 }
 
 impl Deref for App {
@@ -77,6 +81,7 @@ impl App {
         let (notifier, _) = tokio::sync::watch::channel(0);
         let media = Media::on_disk(&config.data_dir);
         let (push, push_worker) = services::push::Push::new();
+        let federation = services::federation::Federation::new(&config)?;
         let app = App(Arc::new(AppInner {
             config,
             server_name,
@@ -94,9 +99,12 @@ impl App {
             push,
             sliding_connections: Default::default(),
             process_id: services::accounts::random_string(16),
+            federation,
+            fed_sender: Default::default(),
         }));
         app.follow_other_processes();
         push_worker.spawn(&app);
+        app.spawn_sender();
         Ok(app)
     }
 
@@ -114,4 +122,73 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves the same routes as [`serve`] over TLS, for other servers (the
+/// federation listener), until the future resolves; open connections then
+/// get ten seconds to finish.
+pub async fn serve_federation(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::{conn::auto, graceful::GracefulShutdown},
+    };
+    use tower::Service;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(services::federation::tls_server_config(&app.config.federation)?);
+    let router = router(app);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "federation listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "federation TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "federation TLS handshake timed out");
+                    return;
+                }
+            };
+            // The handlers read the peer's address as behind `serve`.
+            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                router.clone().call(req)
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "federation connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!("federation connections still open at shutdown were closed");
+    }
+    Ok(())
 }

@@ -166,6 +166,7 @@ pub fn router(app: App) -> Router {
         .ruma::<backup::delete_backup_keys::v3::Request, _, _>(c::backup::delete_keys)
         .ruma::<backup::delete_backup_keys_for_room::v3::Request, _, _>(c::backup::delete_room_keys)
         .ruma::<backup::delete_backup_keys_for_session::v3::Request, _, _>(c::backup::delete_session_key)
+        .merge(crate::api::federation::routes(Router::new()))
         .fallback(|| async { Error::unrecognized("Unrecognized request") })
         .layer(middleware::from_fn(matrix_edges))
         .layer(middleware::from_fn(catch_panic))

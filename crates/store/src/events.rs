@@ -91,29 +91,20 @@ impl Store {
         Ok(map)
     }
 
-    /// Appends an event to its room in one transaction: the event, its
-    /// state group, forward extremities and current state. Returns its position.
+    /// Appends a local event to its room in one transaction: the event, its
+    /// state group, forward extremities, current state and the federation
+    /// queue entries. Returns its position.
     pub async fn append_event(&self, ev: NewRoomEvent) -> Result<i64> {
         self.write(move |tx, positions| {
             let pdu = &ev.pdu;
             let room_id = pdu.room_id.as_str();
             if let Some(r) = &ev.new_room {
-                tx.execute(
-                    "INSERT INTO rooms (room_id, room_version, creator) VALUES (?1, ?2, ?3)",
-                    params![room_id, r.room_version, r.creator],
-                )
-                .map_err(|e| if e.is_unique_violation() { StoreError::Exists } else { e.into() })?;
+                insert_room(tx, room_id, r)?;
             }
             if ev.new_room.is_none() {
-                // Local events extend the room linearly: refuse one built on
-                // extremities that another writer has replaced since.
-                let mut current: Vec<String> = tx
-                    .query_map(
-                        "SELECT event_id FROM forward_extremities WHERE room_id = ?1",
-                        [room_id],
-                        |r| r.get(0),
-                    )?
-                    .collect::<crate::db::Result<_>>()?;
+                // Local events extend the room's current extremities: refuse
+                // one built on extremities that another writer has replaced since.
+                let mut current = extremities(tx, room_id)?;
                 let mut built: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
                 current.sort();
                 built.sort();
@@ -121,96 +112,24 @@ impl Store {
                     return Err(StoreError::Stale);
                 }
             }
-            let prev: Option<(i64, i64)> = tx
-                .query_row(
-                    "SELECT g.id, g.chain_len FROM events e JOIN state_groups g ON g.id = e.state_group \
-                     WHERE e.room_id = ?1 ORDER BY e.stream_pos DESC LIMIT 1",
-                    [room_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let group = match (&pdu.state_key, prev) {
+            let base = current_group(tx, room_id)?;
+            let group = match (&pdu.state_key, base) {
                 (None, Some((g, _))) => g,
                 (None, None) => return Err(StoreError::Corrupt("first event of a room is not a state event".into())),
-                (Some(sk), prev) => {
-                    let snapshot = prev.is_none_or(|(_, len)| len >= MAX_CHAIN);
-                    let (prev_id, len) = match prev {
-                        Some((g, len)) if !snapshot => (Some(g), len + 1),
-                        _ => (None, 0),
-                    };
-                    let g: i64 = tx.query_row(
-                        "INSERT INTO state_groups (room_id, prev_id, chain_len) VALUES (?1, ?2, ?3) RETURNING id",
-                        params![room_id, prev_id, len],
-                        |r| r.get(0),
-                    )?;
-                    let mut ins = tx.prepare_cached(
-                        "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)",
-                    )?;
-                    if snapshot
-                        && let Some((pg, _)) = prev {
-                            for ((t, k), e) in load_state_group(tx, pg)? {
-                                if !(t.to_string() == pdu.kind.to_string() && &k == sk) {
-                                    ins.execute(params![g, t.to_string(), k, e.as_str()])?;
-                                }
-                            }
-                        }
-                    ins.execute(params![g, pdu.kind.to_string(), sk, pdu.event_id.as_str()])?;
-                    g
+                (Some(sk), base) => {
+                    let change = [(pdu.kind.to_string(), sk.clone(), pdu.event_id.to_string())];
+                    write_group(tx, room_id, base, &change, false)?
                 }
             };
             let pos = positions.take();
-            let (txn_device, txn_id) = match &ev.txn {
-                Some((d, t)) => (Some(d.as_str()), Some(t.as_str())),
-                None => (None, None),
-            };
-            tx.execute(
-                "INSERT INTO events (stream_pos, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, \
-                 unsigned, state_group, rel_type, relates_to, txn_device, txn_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                params![
-                    pos,
-                    pdu.event_id.as_str(),
-                    room_id,
-                    pdu.kind.to_string(),
-                    pdu.state_key,
-                    pdu.sender.as_str(),
-                    pdu.depth as i64,
-                    u64::from(pdu.origin_server_ts.0) as i64,
-                    pdu.json.get(),
-                    ev.unsigned.as_ref().map(|u| u.to_string()),
-                    group,
-                    ev.rel_type,
-                    ev.relates_to,
-                    txn_device,
-                    txn_id,
-                ],
-            )
-            .map_err(|e| if e.is_unique_violation() { StoreError::Exists } else { e.into() })?;
+            insert_event(tx, pos, &ev, group)?;
             crate::search::index_event(tx, pos, pdu)?;
-            for media_id in &ev.media_refs {
-                tx.execute(
-                    "INSERT INTO media_refs (media_id, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                    params![media_id, pdu.event_id.as_str()],
-                )?;
-            }
-            for p in &pdu.prev_events {
-                tx.execute("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2", params![room_id, p.as_str()])?;
-            }
-            tx.execute(
-                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![room_id, pdu.event_id.as_str()],
-            )?;
+            advance_extremities(tx, pdu)?;
             if let Some(sk) = &pdu.state_key {
-                tx.execute(
-                    "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (room_id, type, state_key) DO UPDATE SET \
-                     event_id = excluded.event_id, membership = excluded.membership, stream_pos = excluded.stream_pos",
-                    params![room_id, pdu.kind.to_string(), sk, pdu.event_id.as_str(), pdu.membership(), pos],
-                )?;
-                if pdu.membership().as_deref() == Some("join") {
-                    tx.execute("DELETE FROM forgotten_rooms WHERE user_id = ?1 AND room_id = ?2", params![sk, room_id])?;
-                }
+                set_current(tx, room_id, &pdu.kind.to_string(), sk, pdu.event_id.as_str(), pdu.membership(), pos)?;
             }
+            set_current_group(tx, room_id, group)?;
+            crate::federation::queue_pdu(tx, pdu.event_id.as_str(), &ev.federate_to)?;
             Ok(pos)
         })
         .await
@@ -452,7 +371,8 @@ impl Store {
             };
             let bound = bound.unwrap_or(match dir {
                 Direction::Forward => i64::MAX,
-                Direction::Backward => i64::MIN,
+                // Outliers (negative positions) are not in the timeline.
+                Direction::Backward => 0,
             });
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(params![room_id, from, bound, limit as i64], event_row)?;
@@ -465,7 +385,7 @@ impl Store {
     pub async fn last_event_at(&self, room_id: String, pos: i64) -> Result<Option<StoredEvent>> {
         self.read(move |c| {
             Ok(c.query_row(
-                &format!("SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND stream_pos <= ?2 ORDER BY stream_pos DESC LIMIT 1"),
+                &format!("SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND stream_pos <= ?2 AND stream_pos > 0 ORDER BY stream_pos DESC LIMIT 1"),
                 params![room_id, pos],
                 event_row,
             )
@@ -479,10 +399,10 @@ impl Store {
         self.read(move |c| {
             let sql = match dir {
                 Direction::Forward => format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts >= ?2 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT 1"
+                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts >= ?2 AND stream_pos > 0 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT 1"
                 ),
                 Direction::Backward => format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts <= ?2 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT 1"
+                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts <= ?2 AND stream_pos > 0 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT 1"
                 ),
             };
             Ok(c.query_row(&sql, params![room_id, ts], event_row).optional()?)
@@ -628,4 +548,197 @@ impl Store {
         })
         .await
     }
+}
+
+pub(crate) fn insert_room(tx: &Connection<'_>, room_id: &str, r: &crate::NewRoom) -> Result<()> {
+    tx.execute(
+        "INSERT INTO rooms (room_id, room_version, creator) VALUES (?1, ?2, ?3)",
+        params![room_id, r.room_version, r.creator],
+    )
+    .map_err(|e| if e.is_unique_violation() { StoreError::Exists } else { e.into() })?;
+    Ok(())
+}
+
+pub(crate) fn extremities(tx: &Connection<'_>, room_id: &str) -> Result<Vec<String>> {
+    Ok(tx
+        .query_map("SELECT event_id FROM forward_extremities WHERE room_id = ?1", [room_id], |r| r.get(0))?
+        .collect::<crate::db::Result<_>>()?)
+}
+
+/// The state group of the room's current state and its chain length. Rooms
+/// from before federation have no row: their latest event's group is it.
+pub(crate) fn current_group(tx: &Connection<'_>, room_id: &str) -> Result<Option<(i64, i64)>> {
+    let explicit = tx
+        .query_row(
+            "SELECT g.id, g.chain_len FROM room_current_group r JOIN state_groups g ON g.id = r.state_group \
+             WHERE r.room_id = ?1",
+            [room_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if explicit.is_some() {
+        return Ok(explicit);
+    }
+    Ok(tx
+        .query_row(
+            "SELECT g.id, g.chain_len FROM events e JOIN state_groups g ON g.id = e.state_group \
+             WHERE e.room_id = ?1 AND e.stream_pos > 0 ORDER BY e.stream_pos DESC LIMIT 1",
+            [room_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+pub(crate) fn set_current_group(tx: &Connection<'_>, room_id: &str, group: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO room_current_group (room_id, state_group) VALUES (?1, ?2) \
+         ON CONFLICT (room_id) DO UPDATE SET state_group = excluded.state_group",
+        params![room_id, group],
+    )?;
+    Ok(())
+}
+
+/// A new state group: `base` with `changes` applied, as a delta on it or,
+/// when the chain is long (or `snapshot`), as a full copy.
+pub(crate) fn write_group(
+    tx: &Connection<'_>,
+    room_id: &str,
+    base: Option<(i64, i64)>,
+    changes: &[(String, String, String)],
+    snapshot: bool,
+) -> Result<i64> {
+    let snapshot = snapshot || base.is_none_or(|(_, len)| len >= MAX_CHAIN);
+    let (prev_id, len) = match base {
+        Some((g, len)) if !snapshot => (Some(g), len + 1),
+        _ => (None, 0),
+    };
+    let g: i64 = tx.query_row(
+        "INSERT INTO state_groups (room_id, prev_id, chain_len) VALUES (?1, ?2, ?3) RETURNING id",
+        params![room_id, prev_id, len],
+        |r| r.get(0),
+    )?;
+    let mut ins =
+        tx.prepare_cached("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)")?;
+    if snapshot && let Some((pg, _)) = base {
+        for ((t, k), e) in load_state_group(tx, pg)? {
+            let t = t.to_string();
+            if !changes.iter().any(|(ct, ck, _)| *ct == t && *ck == k) {
+                ins.execute(params![g, t, k, e.as_str()])?;
+            }
+        }
+    }
+    for (t, k, e) in changes {
+        ins.execute(params![g, t, k, e])?;
+    }
+    Ok(g)
+}
+
+/// A state group holding exactly `state`: the current group when they are
+/// equal, a delta on it when `state` only adds to or replaces its entries,
+/// otherwise a full snapshot.
+pub(crate) fn group_for_state(tx: &Connection<'_>, room_id: &str, state: &StateMap) -> Result<i64> {
+    let base = current_group(tx, room_id)?;
+    let Some((bg, _)) = base else {
+        let all: Vec<_> = state.iter().map(|((t, k), e)| (t.to_string(), k.clone(), e.to_string())).collect();
+        return write_group(tx, room_id, None, &all, true);
+    };
+    let base_map = load_state_group(tx, bg)?;
+    let removed = base_map.keys().any(|k| !state.contains_key(k));
+    if removed {
+        let all: Vec<_> = state.iter().map(|((t, k), e)| (t.to_string(), k.clone(), e.to_string())).collect();
+        return write_group(tx, room_id, None, &all, true);
+    }
+    let changes: Vec<_> = state
+        .iter()
+        .filter(|(k, e)| base_map.get(*k) != Some(*e))
+        .map(|((t, k), e)| (t.to_string(), k.clone(), e.to_string()))
+        .collect();
+    if changes.is_empty() {
+        return Ok(bg);
+    }
+    write_group(tx, room_id, base, &changes, false)
+}
+
+pub(crate) fn insert_event(tx: &Connection<'_>, pos: i64, ev: &NewRoomEvent, group: i64) -> Result<()> {
+    let pdu = &ev.pdu;
+    let (txn_device, txn_id) = match &ev.txn {
+        Some((d, t)) => (Some(d.as_str()), Some(t.as_str())),
+        None => (None, None),
+    };
+    tx.execute(
+        "INSERT INTO events (stream_pos, event_id, room_id, type, state_key, sender, depth, origin_server_ts, json, \
+         unsigned, state_group, rel_type, relates_to, txn_device, txn_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            pos,
+            pdu.event_id.as_str(),
+            pdu.room_id.as_str(),
+            pdu.kind.to_string(),
+            pdu.state_key,
+            pdu.sender.as_str(),
+            pdu.depth as i64,
+            u64::from(pdu.origin_server_ts.0) as i64,
+            pdu.json.get(),
+            ev.unsigned.as_ref().map(|u| u.to_string()),
+            group,
+            ev.rel_type,
+            ev.relates_to,
+            txn_device,
+            txn_id,
+        ],
+    )
+    .map_err(|e| if e.is_unique_violation() { StoreError::Exists } else { e.into() })?;
+    for media_id in &ev.media_refs {
+        tx.execute(
+            "INSERT INTO media_refs (media_id, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![media_id, pdu.event_id.as_str()],
+        )?;
+    }
+    Ok(())
+}
+
+/// The event replaces its `prev_events` among the room's forward extremities.
+pub(crate) fn advance_extremities(tx: &Connection<'_>, pdu: &Pdu) -> Result<()> {
+    let room_id = pdu.room_id.as_str();
+    for p in &pdu.prev_events {
+        tx.execute(
+            "DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2",
+            params![room_id, p.as_str()],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO forward_extremities (room_id, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        params![room_id, pdu.event_id.as_str()],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn set_current(
+    tx: &Connection<'_>,
+    room_id: &str,
+    kind: &str,
+    state_key: &str,
+    event_id: &str,
+    membership: Option<String>,
+    pos: i64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (room_id, type, state_key) DO UPDATE SET \
+         event_id = excluded.event_id, membership = excluded.membership, stream_pos = excluded.stream_pos",
+        params![room_id, kind, state_key, event_id, membership, pos],
+    )?;
+    if kind == "m.room.member" {
+        tx.execute(
+            "DELETE FROM remote_invites WHERE room_id = ?1 AND user_id = ?2",
+            params![room_id, state_key],
+        )?;
+    }
+    if membership.as_deref() == Some("join") {
+        tx.execute(
+            "DELETE FROM forgotten_rooms WHERE user_id = ?1 AND room_id = ?2",
+            params![state_key, room_id],
+        )?;
+    }
+    Ok(())
 }

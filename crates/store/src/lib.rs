@@ -12,12 +12,14 @@ pub mod db;
 pub mod dehydrated;
 pub mod directory;
 pub mod e2ee;
+pub mod federation;
 mod events;
 pub mod media;
 pub mod migrate;
 mod misc;
 pub mod push;
 pub mod search;
+pub mod server_keys;
 mod store;
 pub mod types;
 

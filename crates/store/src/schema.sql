@@ -314,3 +314,61 @@ CREATE TABLE IF NOT EXISTS profile_fields (
     value TEXT NOT NULL,
     PRIMARY KEY (user_id, field)
 );
+-- Federation. Other servers' signing keys (expired_ts set for old_verify_keys),
+-- as fetched from them or a notary; this server's retired keys.
+CREATE TABLE IF NOT EXISTS remote_server_keys (
+    server_name TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    valid_until_ts INTEGER NOT NULL,
+    expired_ts INTEGER,
+    fetched_ts INTEGER NOT NULL,
+    PRIMARY KEY (server_name, key_id)
+);
+CREATE TABLE IF NOT EXISTS old_server_keys (
+    key_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    expired_ts INTEGER NOT NULL
+);
+-- What each destination server still has to be sent, oldest first: PDUs by
+-- event ID, EDUs as JSON. Rows go when the destination acknowledged them.
+CREATE TABLE IF NOT EXISTS federation_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    event_id TEXT,
+    edu TEXT,
+    expires_ts INTEGER
+);
+CREATE INDEX IF NOT EXISTS federation_outbox_dest ON federation_outbox (destination, id);
+CREATE TABLE IF NOT EXISTS federation_destinations (
+    destination TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL DEFAULT 0,
+    retry_after_ts INTEGER NOT NULL DEFAULT 0
+);
+-- The state group of each room's current state (the state after its
+-- forward extremities, resolved when there are several).
+-- The empty state group of a room, which outliers point at.
+CREATE INDEX IF NOT EXISTS state_groups_empty ON state_groups (room_id) WHERE chain_len = -1;
+CREATE TABLE IF NOT EXISTS room_current_group (
+    room_id TEXT PRIMARY KEY,
+    state_group INTEGER NOT NULL
+);
+-- Events from other servers that failed a check, kept so that they are
+-- not fetched and checked again.
+CREATE TABLE IF NOT EXISTS rejected_events (
+    event_id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    ts INTEGER NOT NULL
+);
+-- Invites from other servers to rooms this server is not in yet.
+CREATE TABLE IF NOT EXISTS remote_invites (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    room_version TEXT NOT NULL,
+    json TEXT NOT NULL,
+    invite_state TEXT NOT NULL,
+    stream_pos INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);

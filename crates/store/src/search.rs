@@ -652,6 +652,7 @@ mod tests {
                 rel_type: None,
                 relates_to: None,
                 media_refs: vec![],
+                federate_to: vec![],
                 new_room: new_room.then(|| NewRoom {
                     room_version: "10".into(),
                     creator: "@alice:x".into(),

@@ -60,6 +60,8 @@ pub struct NewRoomEvent {
     pub new_room: Option<NewRoom>,
     /// Local media IDs this (non-state) event attaches, for media access by room.
     pub media_refs: Vec<String>,
+    /// Other servers to send the event to (queued in the same transaction).
+    pub federate_to: Vec<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -217,8 +217,9 @@ pub fn now_ms() -> i64 {
 impl App {
     /// Removes devices, their tokens and whatever else belongs to them.
     pub async fn delete_devices(&self, user: &UserId, devices: Vec<String>) -> Result<()> {
-        self.store.delete_devices(user.to_string(), devices).await?;
+        self.store.delete_devices(user.to_string(), devices.clone()).await?;
         self.notify();
+        self.federate_devices_deleted(user, &devices).await;
         Ok(())
     }
 }

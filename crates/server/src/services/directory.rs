@@ -305,6 +305,34 @@ impl App {
     }
 }
 
+impl App {
+    /// Another server's public room directory, asked of it
+    /// (`POST /_matrix/federation/v1/publicRooms`).
+    pub async fn remote_public_rooms(
+        &self,
+        server: &ruma::ServerName,
+        filter: &Filter,
+        network: &RoomNetwork,
+        limit: Option<UInt>,
+        since: Option<&str>,
+    ) -> Result<PublicRoomsPage> {
+        let mut req = ruma::api::federation::directory::get_public_rooms_filtered::v1::Request::new();
+        req.limit = limit;
+        req.since = since.map(str::to_owned);
+        req.filter = filter.clone();
+        req.room_network = network.clone();
+        let resp = self.federation_request(server, req).await?;
+        Ok(PublicRoomsPage {
+            total: resp
+                .total_room_count_estimate
+                .map_or(resp.chunk.len(), |t| u64::from(t) as usize),
+            chunk: resp.chunk,
+            next_batch: resp.next_batch,
+            prev_batch: resp.prev_batch,
+        })
+    }
+}
+
 /// Whether a room type passes a `room_types` filter entry.
 fn room_type_matches(filter: &RoomTypeFilter, room_type: Option<&RoomType>) -> bool {
     filter.as_str() == room_type.map(RoomType::as_str)

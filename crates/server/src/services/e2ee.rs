@@ -11,8 +11,8 @@ use missive_store::{
     e2ee::{CrossSigningKeyRow, KeyCounts, KeyUpload, OneTimeKeyRow, SignatureRow},
 };
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt,
-    UserId,
+    CanonicalJsonObject, CanonicalJsonValue, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedServerName,
+    OwnedUserId, ServerName, UInt, UserId,
     api::client::keys::{claim_keys, get_keys, upload_signatures::v3::Failure},
     encryption::OneTimeKey,
     serde::{Base64, Raw},
@@ -30,6 +30,9 @@ pub fn invalid_signature(message: impl Into<String>) -> Error {
         extra: None,
     }
 }
+
+/// How long a `/keys/query` or `/keys/claim` waits for other servers.
+const REMOTE_KEYS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn raw<T>(v: &Value) -> Result<Raw<T>> {
     Ok(Raw::from_json(
@@ -244,6 +247,7 @@ impl App {
         };
         if changes_device_list {
             self.notify();
+            self.announce_device(&session.user_id, device).await;
         }
         Ok(counts_response(&counts))
     }
@@ -271,10 +275,84 @@ impl App {
         Ok(obj)
     }
 
-    /// `/keys/query`.
+    /// `/keys/query`: local users' keys from the store, remote users' from
+    /// their servers (asked in parallel; a server that fails or is slow is
+    /// listed in `failures`).
     pub async fn query_keys(
         &self,
         requester: &UserId,
+        wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> Result<get_keys::v3::Response> {
+        let mut resp = self.local_keys(Some(requester), wanted).await?;
+        let mut remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>> = BTreeMap::new();
+        for (user, devices) in wanted {
+            if !self.is_local(user) {
+                remote
+                    .entry(user.server_name().to_owned())
+                    .or_default()
+                    .insert(user.clone(), devices.clone());
+            }
+        }
+        if remote.is_empty() {
+            return Ok(resp);
+        }
+        let asks = remote.into_iter().map(|(server, users)| async move {
+            let req = ruma::api::federation::keys::get_keys::v1::Request::new(users);
+            let r = self.remote_call(&server, req).await;
+            (server, r)
+        });
+        for (server, r) in futures_util::future::join_all(asks).await {
+            let remote = match r {
+                Ok(r) => r,
+                Err(failure) => {
+                    resp.failures.insert(server.to_string(), failure);
+                    continue;
+                }
+            };
+            // A server speaks only for its own users.
+            let own = |u: &OwnedUserId| u.server_name() == server;
+            resp.device_keys
+                .extend(remote.device_keys.into_iter().filter(|(u, _)| own(u)));
+            resp.master_keys
+                .extend(remote.master_keys.into_iter().filter(|(u, _)| own(u)));
+            resp.self_signing_keys
+                .extend(remote.self_signing_keys.into_iter().filter(|(u, _)| own(u)));
+        }
+        Ok(resp)
+    }
+
+    /// Asks another server, within [`REMOTE_KEYS_TIMEOUT`]; a failure comes
+    /// back as the `failures` entry clients are shown.
+    async fn remote_call<R>(&self, server: &ServerName, req: R) -> std::result::Result<R::IncomingResponse, Value>
+    where
+        R: ruma::api::OutgoingRequest<
+                Authentication = ruma::api::federation::authentication::ServerSignatures,
+                PathBuilder = ruma::api::path_builder::SinglePath,
+            >,
+    {
+        if !self.federation_enabled() {
+            return Err(json!({ "status": 503, "message": "Federation is disabled on this server" }));
+        }
+        match tokio::time::timeout(REMOTE_KEYS_TIMEOUT, self.federation_request(server, req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                tracing::debug!(%server, error = %e, "key request to another server failed");
+                let status = match &e {
+                    Error::Matrix { status, .. } => status.as_u16(),
+                    _ => 503,
+                };
+                Err(json!({ "status": status, "message": e.to_string() }))
+            }
+            Err(_) => Err(json!({ "status": 504, "message": "The server did not answer in time" })),
+        }
+    }
+
+    /// The keys of the local users among `wanted` (others are left out),
+    /// with the signatures `requester` may see: a user's own, and the
+    /// requester's on them (none for another server asking).
+    pub(crate) async fn local_keys(
+        &self,
+        requester: Option<&UserId>,
         wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
     ) -> Result<get_keys::v3::Response> {
         let mut resp = get_keys::v3::Response::new();
@@ -282,14 +360,13 @@ impl App {
         for (user, devices) in wanted {
             if self.is_local(user) {
                 local.push((user.to_string(), devices.iter().map(|d| d.to_string()).collect()));
-            } else {
-                resp.failures.insert(
-                    user.server_name().to_string(),
-                    json!({ "status": 503, "message": "Federation is not available on this server" }),
-                );
             }
         }
-        let rows = self.store.query_keys(requester.to_string(), local).await?;
+        if local.is_empty() {
+            return Ok(resp);
+        }
+        let requester_id = requester.map(|r| r.to_string()).unwrap_or_default();
+        let rows = self.store.query_keys(requester_id, local).await?;
         for user in wanted.keys().filter(|u| self.is_local(u)) {
             // Every local user asked for gets an entry, empty if they have no keys.
             resp.device_keys.entry(user.clone()).or_default();
@@ -331,7 +408,7 @@ impl App {
                 "self_signing" => {
                     resp.self_signing_keys.insert(user, raw(&v)?);
                 }
-                "user_signing" if user == requester => {
+                "user_signing" if requester == Some(&*user) => {
                     resp.user_signing_keys.insert(user, raw(&v)?);
                 }
                 _ => {}
@@ -340,27 +417,61 @@ impl App {
         Ok(resp)
     }
 
-    /// `/keys/claim`: a one-time key per device, else its fallback key.
+    /// `/keys/claim`: a one-time key per device, else its fallback key;
+    /// remote users' keys are claimed from their servers.
     pub async fn claim_keys(
         &self,
         wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
     ) -> Result<claim_keys::v3::Response> {
         let mut failures = BTreeMap::new();
+        let mut keys = self.claim_local_keys(wanted).await?;
+        type Claims = BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>;
+        let mut remote: BTreeMap<OwnedServerName, Claims> = BTreeMap::new();
+        for (user, devices) in wanted {
+            if !self.is_local(user) {
+                remote
+                    .entry(user.server_name().to_owned())
+                    .or_default()
+                    .insert(user.clone(), devices.clone());
+            }
+        }
+        let asks = remote.into_iter().map(|(server, users)| async move {
+            let req = ruma::api::federation::keys::claim_keys::v1::Request::new(users);
+            let r = self.remote_call(&server, req).await;
+            (server, r)
+        });
+        for (server, r) in futures_util::future::join_all(asks).await {
+            match r {
+                Ok(r) => keys.extend(r.one_time_keys.into_iter().filter(|(u, _)| u.server_name() == server)),
+                Err(failure) => {
+                    failures.insert(server.to_string(), failure);
+                }
+            }
+        }
+        let mut resp = claim_keys::v3::Response::new(keys);
+        resp.failures = failures;
+        Ok(resp)
+    }
+
+    /// Claims keys of the local users among `wanted` (others are left out).
+    pub(crate) async fn claim_local_keys(
+        &self,
+        wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    ) -> Result<BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys>> {
         let mut asks = vec![];
         for (user, devices) in wanted {
             if !self.is_local(user) {
-                failures.insert(
-                    user.server_name().to_string(),
-                    json!({ "status": 503, "message": "Federation is not available on this server" }),
-                );
                 continue;
             }
             for (device, alg) in devices {
                 asks.push((user.to_string(), device.to_string(), alg.to_string()));
             }
         }
-        let claimed = self.store.claim_keys(asks).await?;
         let mut keys: BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys> = BTreeMap::new();
+        if asks.is_empty() {
+            return Ok(keys);
+        }
+        let claimed = self.store.claim_keys(asks).await?;
         for k in claimed {
             let (Ok(user), Ok(key_id)) = (
                 OwnedUserId::try_from(k.user_id.as_str()),
@@ -375,9 +486,59 @@ impl App {
                 .or_default()
                 .insert(key_id, Raw::from_json(json));
         }
-        let mut resp = claim_keys::v3::Response::new(keys);
-        resp.failures = failures;
+        Ok(keys)
+    }
+
+    /// `GET /user/devices/{userId}` over federation: a local user's devices
+    /// with their keys, master and self-signing keys, and the position of
+    /// their latest device-list change.
+    pub async fn federation_user_devices(
+        &self,
+        user: &UserId,
+    ) -> Result<ruma::api::federation::device::get_devices::v1::Response> {
+        use ruma::api::federation::device::get_devices::v1::{Response, UserDevice};
+        if !self.is_local(user) {
+            return Err(Error::not_found("User is not on this server"));
+        }
+        if self.store.user(user.to_string()).await?.is_none() {
+            return Err(Error::not_found("Unknown user"));
+        }
+        let wanted = BTreeMap::from([(user.to_owned(), vec![])]);
+        let mut keys = self.local_keys(None, &wanted).await?;
+        let stream_id = self.store.device_list_stream_id(user.to_string()).await?;
+        let mut resp = Response::new(user.to_owned(), UInt::try_from(stream_id.max(0)).unwrap_or_default());
+        for (device_id, k) in keys.device_keys.remove(user).unwrap_or_default() {
+            let name = serde_json::from_str::<Value>(k.json().get()).ok().and_then(|v| {
+                v.get("unsigned")?
+                    .get("device_display_name")?
+                    .as_str()
+                    .map(str::to_owned)
+            });
+            let mut d = UserDevice::new(device_id, k);
+            d.device_display_name = name;
+            resp.devices.push(d);
+        }
+        resp.master_key = keys.master_keys.remove(user);
+        resp.self_signing_key = keys.self_signing_keys.remove(user);
         Ok(resp)
+    }
+
+    /// Tells the servers sharing a room with `user` about one of their
+    /// devices as other servers would query it now.
+    async fn announce_device(&self, user: &UserId, device: &str) {
+        let wanted = BTreeMap::from([(user.to_owned(), vec![OwnedDeviceId::from(device)])]);
+        let keys = match self.local_keys(None, &wanted).await {
+            Ok(k) => k,
+            Err(e) => return tracing::warn!(error = %e, "could not read keys to announce a device change"),
+        };
+        let json = keys
+            .device_keys
+            .get(user)
+            .and_then(|d| d.get(device))
+            .and_then(|k| serde_json::from_str::<Value>(k.json().get()).ok());
+        if let Some(json) = json {
+            self.federate_device_change(user, device, Some(json)).await;
+        }
     }
 
     /// `/keys/changes`: users whose device lists changed between two sync
@@ -483,6 +644,10 @@ impl App {
         }
         self.store.set_cross_signing_keys(user.to_string(), rows).await?;
         self.notify();
+        // The user-signing key stays private to the user's own server.
+        let public = |k: &Option<CrossKey>| k.as_ref().and_then(|k| serde_json::to_value(&k.obj).ok());
+        self.federate_signing_keys(user, public(&master), public(&self_signing))
+            .await;
         Ok(())
     }
 
@@ -510,8 +675,29 @@ impl App {
             }
         }
         if !rows.is_empty() {
+            // Signatures on the signer's own devices and master key change
+            // what other servers hold of them.
+            let own: BTreeSet<String> = rows
+                .iter()
+                .filter(|r| r.target_user == signer.as_str())
+                .map(|r| r.target_key.clone())
+                .collect();
             self.store.add_signatures(signer.to_string(), rows).await?;
             self.notify();
+            for key in own {
+                if Some(&key) == own_master.as_ref() {
+                    let wanted = BTreeMap::from([(signer.to_owned(), vec![])]);
+                    let master = self
+                        .local_keys(None, &wanted)
+                        .await?
+                        .master_keys
+                        .remove(signer)
+                        .and_then(|k| serde_json::from_str(k.json().get()).ok());
+                    self.federate_signing_keys(signer, master, None).await;
+                } else {
+                    self.announce_device(signer, &key).await;
+                }
+            }
         }
         Ok(failures)
     }
@@ -533,7 +719,10 @@ impl App {
         let uploaded: CanonicalJsonObject =
             serde_json::from_str(json).map_err(|e| ("M_BAD_JSON", format!("Invalid signed object: {e}")))?;
         if !self.is_local(target) {
-            return Err(("M_UNKNOWN", "Federation is not available on this server".into()));
+            return Err((
+                "M_UNKNOWN",
+                "Signing the keys of users on other servers is not supported yet".into(),
+            ));
         }
         // The stored object the signature must cover, and the keys of
         // `signer` allowed to sign it.

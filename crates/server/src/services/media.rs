@@ -1,5 +1,6 @@
 //! The content repository: uploads (at once, or reserved with `create` and
-//! uploaded later), downloads and thumbnails of this server's media.
+//! uploaded later), downloads and thumbnails of this server's media, and
+//! of other servers' media (fetched over federation and kept here).
 //!
 //! Metadata lives in the store. The bytes go through a [`MediaBackend`]
 //! (a directory under the data directory by default, an S3-compatible
@@ -211,6 +212,21 @@ fn valid_media_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
 
+/// What is kept of another server's media besides its bytes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RemoteMedia {
+    sha256: String,
+    content_type: Option<String>,
+    filename: Option<String>,
+}
+
+/// `remote/aa/bb/<sha256 of server and media ID>.json`: server names hold
+/// characters backend keys may not.
+fn remote_meta_key(server: &ServerName, media_id: &str) -> String {
+    let id = hex(&Sha256::digest(format!("{server}/{media_id}").as_bytes()));
+    format!("remote/{}.json", sharded(&id))
+}
+
 fn valid_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -391,6 +407,16 @@ impl App {
         media_id: &str,
         timeout: Duration,
     ) -> Result<Served> {
+        if server_name != self.server_name {
+            let (meta, data) = self.remote_media(server_name, media_id, timeout).await?;
+            return Ok(Served {
+                data: data.into(),
+                content_type: meta
+                    .content_type
+                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
+                filename: meta.filename,
+            });
+        }
         let row = self.uploaded_media(server_name, media_id, timeout).await?;
         self.check_media_access(&row, viewer).await?;
         let (_, data) = self.content_of(&row).await?;
@@ -403,7 +429,8 @@ impl App {
         })
     }
 
-    /// A thumbnail of a local image, from the cache or made now.
+    /// A thumbnail of an image, this server's or another's (whose file is
+    /// fetched and kept here, then thumbnailed here), from the cache or made now.
     pub async fn media_thumbnail(
         &self,
         viewer: Option<&UserId>,
@@ -412,19 +439,34 @@ impl App {
         size: Size,
         timeout: Duration,
     ) -> Result<Served> {
+        if server_name != self.server_name {
+            let (meta, data) = self.remote_media(server_name, media_id, timeout).await?;
+            return self
+                .thumbnail_of(media_id, &meta.sha256, meta.content_type.as_deref(), Some(data), size)
+                .await;
+        }
         let row = self.uploaded_media(server_name, media_id, timeout).await?;
         self.check_media_access(&row, viewer).await?;
+        let sha256 = row.sha256.clone().filter(|s| valid_sha256(s)).ok_or_else(not_found)?;
+        self.thumbnail_of(media_id, &sha256, row.content_type.as_deref(), None, size)
+            .await
+    }
+
+    /// A thumbnail of the content `sha256` (its bytes read when not given).
+    async fn thumbnail_of(
+        &self,
+        media_id: &str,
+        sha256: &str,
+        content_type: Option<&str>,
+        source: Option<Bytes>,
+        size: Size,
+    ) -> Result<Served> {
         // Declared non-images are refused without reading them; the rest is
         // judged by its bytes.
-        if row
-            .content_type
-            .as_deref()
-            .is_some_and(|t| !t.trim().to_ascii_lowercase().starts_with("image/"))
-        {
+        if content_type.is_some_and(|t| !t.trim().to_ascii_lowercase().starts_with("image/")) {
             return Err(cannot_thumbnail());
         }
-        let sha256 = row.sha256.clone().filter(|s| valid_sha256(s)).ok_or_else(not_found)?;
-        let key = thumbnail_key(&sha256, size);
+        let key = thumbnail_key(sha256, size);
         let cached = self.media.backend.get(&key).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading a cached thumbnail");
             None
@@ -433,7 +475,10 @@ impl App {
             let content_type = thumbnail::content_type_of(&bytes);
             return Ok(served_thumbnail(bytes.into(), content_type));
         }
-        let (_, source) = self.content_of(&row).await?;
+        let source = match source {
+            Some(s) => s,
+            None => self.content_by_sha(sha256, media_id).await?,
+        };
         let thumb = {
             let _permit = self
                 .media
@@ -460,6 +505,139 @@ impl App {
             tracing::warn!(error = %e, "caching a thumbnail");
         }
         Ok(served_thumbnail(bytes.into(), thumb.content_type))
+    }
+
+    async fn content_by_sha(&self, sha256: &str, media_id: &str) -> Result<Bytes> {
+        if !valid_sha256(sha256) {
+            return Err(not_found());
+        }
+        match self
+            .media
+            .backend
+            .get(&content_key(sha256))
+            .await
+            .map_err(|e| Error::Internal(format!("reading media: {e}")))?
+        {
+            Some(d) => Ok(d),
+            None => {
+                tracing::warn!(media_id, "media content missing from the backend");
+                Err(not_found())
+            }
+        }
+    }
+
+    /// Another server's media, from the copy kept here or else fetched from
+    /// it (`GET /_matrix/federation/v1/media/download`) and kept: the bytes
+    /// with the other content (by their SHA-256), the metadata under the
+    /// (server, media ID) pair, so that a second download stays here.
+    async fn remote_media(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        timeout: Duration,
+    ) -> Result<(RemoteMedia, Bytes)> {
+        use ruma::api::federation::authenticated_media::{FileOrLocation, get_content};
+        if !valid_media_id(media_id) {
+            return Err(not_found());
+        }
+        let meta_key = remote_meta_key(server, media_id);
+        let kept = self.media.backend.get(&meta_key).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading remote media metadata");
+            None
+        });
+        if let Some(meta) = kept.and_then(|b| serde_json::from_slice::<RemoteMedia>(&b).ok())
+            && valid_sha256(&meta.sha256)
+            && let Ok(Some(data)) = self.media.backend.get(&content_key(&meta.sha256)).await
+        {
+            return Ok((meta, data));
+        }
+        let mut req = get_content::v1::Request::new(media_id.to_owned());
+        req.timeout_ms = timeout.min(MAX_DOWNLOAD_WAIT);
+        let resp = self.federation_request(server, req).await?;
+        let content = match resp.content {
+            FileOrLocation::File(c) => c,
+            // A `Location` is not followed: that would have this server
+            // fetch any URL another server names, inside its network too.
+            _ => {
+                return Err(Error::Matrix {
+                    status: http::StatusCode::BAD_GATEWAY,
+                    errcode: "M_UNKNOWN",
+                    message: "The media's server answered with a redirect, which is not followed".into(),
+                    extra: None,
+                });
+            }
+        };
+        if content.file.len() > self.config.max_upload_bytes {
+            return Err(Error::too_large(
+                "The remote media is larger than this server's upload limit",
+            ));
+        }
+        let filename = content.content_disposition.as_ref().and_then(|d| d.filename.clone());
+        let stored = self
+            .store_content(Upload {
+                content_type: content.content_type,
+                filename,
+                data: content.file,
+            })
+            .await?;
+        let meta = RemoteMedia {
+            sha256: stored.sha256,
+            content_type: stored.content_type,
+            filename: stored.filename,
+        };
+        let json = serde_json::to_vec(&meta).map_err(|e| Error::Internal(e.to_string()))?;
+        if let Err(e) = self.media.backend.put(&meta_key, Bytes::from(json)).await {
+            tracing::warn!(error = %e, "keeping remote media metadata");
+        }
+        let data = self.content_by_sha(&meta.sha256, media_id).await?;
+        Ok((meta, data))
+    }
+
+    /// `GET /_matrix/federation/v1/media/download/{mediaId}`: a local media
+    /// for another server.
+    pub async fn media_for_server(&self, origin: &ServerName, media_id: &str, timeout: Duration) -> Result<Served> {
+        let row = self.uploaded_media(&self.server_name, media_id, timeout).await?;
+        self.check_server_media_access(&row, origin).await?;
+        let (_, data) = self.content_of(&row).await?;
+        Ok(Served {
+            data: data.into(),
+            content_type: row
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".to_owned()),
+            filename: row.filename,
+        })
+    }
+
+    /// `GET /_matrix/federation/v1/media/thumbnail/{mediaId}`.
+    pub async fn media_thumbnail_for_server(
+        &self,
+        origin: &ServerName,
+        media_id: &str,
+        size: Size,
+        timeout: Duration,
+    ) -> Result<Served> {
+        let row = self.uploaded_media(&self.server_name, media_id, timeout).await?;
+        self.check_server_media_access(&row, origin).await?;
+        let sha256 = row.sha256.clone().filter(|s| valid_sha256(s)).ok_or_else(not_found)?;
+        self.thumbnail_of(media_id, &sha256, row.content_type.as_deref(), None, size)
+            .await
+    }
+
+    /// Media attached to room events go to a server that may see one of
+    /// those events; the others, to any server (as to any user).
+    async fn check_server_media_access(&self, row: &MediaRow, origin: &ServerName) -> Result<()> {
+        let refs = self.store.media_refs(row.media_id.clone()).await?;
+        if refs.is_empty() {
+            return Ok(());
+        }
+        for ev in self.store.events(refs).await? {
+            if self.check_server_reads_room(&ev.pdu.room_id, origin).await.is_ok()
+                && self.server_can_see_event(origin, &ev).await?
+            {
+                return Ok(());
+            }
+        }
+        Err(not_found())
     }
 
     /// Media attached to room events follow those rooms: besides its
@@ -550,6 +728,15 @@ mod tests {
         for bad in ["", "../x", "a//b", "a/.hidden", "/abs", "a/b..c"] {
             assert!(backend.path(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn remote_media_keys_are_valid_backend_keys() {
+        let backend = FsBackend::new(PathBuf::from("/m"));
+        let server = <&ServerName>::try_from("matrix.example.org:8448").unwrap();
+        let key = remote_meta_key(server, "AbC123");
+        assert!(backend.path(&key).is_ok(), "{key}");
+        assert_ne!(key, remote_meta_key(server, "AbC124"));
     }
 
     #[test]

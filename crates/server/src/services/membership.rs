@@ -8,17 +8,32 @@ use serde_json::{Value, json};
 use crate::{App, Error, Result, services::rooms::Target};
 
 impl App {
-    /// Resolves a room ID or a local alias.
+    /// Resolves a room ID or an alias (asking the alias's server when it is
+    /// another's).
     pub async fn resolve_room(&self, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
+        Ok(self.resolve_room_and_servers(room).await?.0)
+    }
+
+    /// A room ID or alias, with the servers an alias's owner says are in the room.
+    pub async fn resolve_room_and_servers(
+        &self,
+        room: &RoomOrAliasId,
+    ) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
         match <&RoomId>::try_from(room) {
-            Ok(id) => Ok(id.to_owned()),
+            Ok(id) => Ok((id.to_owned(), vec![])),
+            Err(alias) if alias.server_name() != self.server_name && self.federation_enabled() => {
+                self.resolve_alias(alias).await
+            }
             Err(alias) => {
                 let (room_id, _) = self
                     .store
                     .alias(alias.to_string())
                     .await?
                     .ok_or_else(|| Error::not_found("Room alias not found"))?;
-                OwnedRoomId::try_from(room_id).map_err(|e| Error::Internal(e.to_string()))
+                Ok((
+                    OwnedRoomId::try_from(room_id).map_err(|e| Error::Internal(e.to_string()))?,
+                    vec![],
+                ))
             }
         }
     }
@@ -63,10 +78,40 @@ impl App {
     }
 
     pub async fn join(&self, room_id: &RoomId, user: &UserId, reason: Option<String>) -> Result<()> {
-        if self.store.room(room_id.to_string()).await?.is_none() {
-            return Err(Error::not_found(
-                "Unknown room; joining rooms on other servers needs federation",
-            ));
+        self.join_via(room_id, user, reason, &[]).await
+    }
+
+    /// Joins a room; one this server is not in is joined through `via`,
+    /// the server of whoever invited the user, or the room ID's server.
+    pub async fn join_via(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<String>,
+        via: &[ruma::OwnedServerName],
+    ) -> Result<()> {
+        let known = self.store.room(room_id.to_string()).await?.is_some();
+        if self.federation_enabled() && !(known && self.has_local_member(room_id).await?) {
+            let mut servers = via.to_vec();
+            if let Some(ev) = self
+                .store
+                .current_state_event(room_id.to_string(), "m.room.member".into(), user.to_string())
+                .await?
+                && ev.pdu.membership().as_deref() == Some("invite")
+            {
+                servers.insert(0, ev.pdu.sender.server_name().to_owned());
+            }
+            if let Some(s) = room_id.server_name() {
+                servers.push(s.to_owned());
+            }
+            let mut seen = std::collections::HashSet::new();
+            servers.retain(|s| seen.insert(s.clone()));
+            if !servers.is_empty() {
+                return self.join_remote(room_id, user, &servers).await;
+            }
+        }
+        if !known {
+            return Err(Error::not_found("Unknown room"));
         }
         if self.membership(room_id, user).await?.as_deref() == Some("ban") {
             return Err(Error::forbidden("You are banned from this room"));
@@ -77,7 +122,7 @@ impl App {
 
     /// For a restricted room the user was not invited to, finds a local
     /// member who may invite and whose server vouches for the join.
-    async fn authorise_restricted_join(&self, room_id: &RoomId, user: &UserId, content: &mut Value) -> Result<()> {
+    pub(crate) async fn authorise_restricted_join(&self, room_id: &RoomId, user: &UserId, content: &mut Value) -> Result<()> {
         let Some(rules) = self.state_content(room_id, "m.room.join_rules", "").await? else {
             return Ok(());
         };

@@ -6,6 +6,7 @@ pub mod create_room;
 pub mod dehydrated;
 pub mod directory;
 pub mod e2ee;
+pub mod federation;
 pub mod hierarchy;
 pub mod initial_sync;
 pub mod media;

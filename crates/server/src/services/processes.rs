@@ -57,6 +57,7 @@ impl App {
         let changed = self.presence.set(user, state, status_msg.clone(), now_ms);
         if changed {
             self.notify();
+            self.federate_presence(user).await;
             self.share(Shared::Presence {
                 user: user.to_owned(),
                 state: state.to_owned(),

@@ -247,6 +247,73 @@ impl App {
         txn: Option<(String, String)>,
         new_room: Option<NewRoom>,
     ) -> Result<Option<Pdu>> {
+        let (mut pdu, unsigned) = self.build_local(target, sender, new).await?;
+        let mut federate_to = vec![];
+        if let Target::Room(room_id, version) = target
+            && self.federation_enabled()
+        {
+            // An invite of another server's user is first signed by that server.
+            if pdu.membership().as_deref() == Some("invite")
+                && let Some(invitee) = pdu.state_key.as_deref().and_then(|s| <&UserId>::try_from(s).ok())
+                && !self.is_local(invitee)
+            {
+                pdu = self.invite_remote(version, pdu).await?;
+            }
+            let mut servers = self.servers_in_room(room_id).await?;
+            // The target of a kick or ban hears of it, joined or not.
+            if pdu.kind == TimelineEventType::RoomMember
+                && let Some(target) = pdu.state_key.as_deref().and_then(|s| <&UserId>::try_from(s).ok())
+                && !self.is_local(target)
+                && pdu.membership().as_deref() != Some("invite")
+            {
+                servers.push(target.server_name().to_owned());
+            }
+            servers.sort();
+            servers.dedup();
+            federate_to = servers.into_iter().map(|s| s.to_string()).collect();
+        }
+        let (rel_type, relates_to) = relation_of(&pdu);
+        let media_refs = if pdu.is_state() {
+            vec![]
+        } else {
+            self.local_media_in(&pdu.content_value())
+        };
+        let queued = !federate_to.is_empty();
+        match self
+            .store
+            .append_event(NewRoomEvent {
+                pdu: pdu.clone(),
+                unsigned,
+                txn,
+                rel_type,
+                relates_to,
+                new_room,
+                media_refs,
+                federate_to,
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Exists) => return Err(Error::room_in_use("Event already exists")),
+            Err(StoreError::Stale) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        self.notify();
+        self.queue_push(&pdu);
+        if queued {
+            self.wake_sender();
+        }
+        Ok(Some(pdu))
+    }
+
+    /// Builds a local event on the room's current state and checks it
+    /// against the auth rules, without storing it; with its `unsigned`.
+    pub(crate) async fn build_local(
+        &self,
+        target: Target<'_>,
+        sender: &UserId,
+        new: NewEvent,
+    ) -> Result<(Pdu, Option<Value>)> {
         let (room_id, version) = match target {
             Target::Room(r, v) => (Some(r), v),
             Target::NewRoom(v) => (None, v),
@@ -354,38 +421,23 @@ impl App {
                 "replaces_state": prev.event_id,
             })
         });
-        let (rel_type, relates_to) = relation_of(&pdu);
-        let media_refs = if pdu.is_state() {
-            vec![]
-        } else {
-            self.local_media_in(&pdu.content_value())
-        };
-        match self
-            .store
-            .append_event(NewRoomEvent {
-                pdu: pdu.clone(),
-                unsigned,
-                txn,
-                rel_type,
-                relates_to,
-                new_room,
-                media_refs,
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Exists) => return Err(Error::room_in_use("Event already exists")),
-            Err(StoreError::Stale) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-        self.notify();
-        self.queue_push(&pdu);
-        Ok(Some(pdu))
+        Ok((pdu, unsigned))
+    }
+
+    /// A local event checked against the room's current state, not stored.
+    pub(crate) async fn build_checked(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersion,
+        sender: &UserId,
+        new: NewEvent,
+    ) -> Result<Pdu> {
+        Ok(self.build_local(Target::Room(room_id, version), sender, new).await?.0)
     }
 
     /// Replaces the redacted event by its redacted form, if the redaction's
     /// sender may redact it (their own event, or enough power).
-    async fn apply_redaction(&self, version: &RoomVersion, redaction: &Pdu, target: &ruma::EventId) -> Result<()> {
+    pub(crate) async fn apply_redaction(&self, version: &RoomVersion, redaction: &Pdu, target: &ruma::EventId) -> Result<()> {
         let Some(ev) = self.store.event(target.to_string()).await? else {
             return Ok(());
         };
@@ -443,7 +495,7 @@ impl App {
 }
 
 /// The `m.relates_to` of an event: relation type and parent event ID.
-fn relation_of(pdu: &Pdu) -> (Option<String>, Option<String>) {
+pub(crate) fn relation_of(pdu: &Pdu) -> (Option<String>, Option<String>) {
     #[derive(serde::Deserialize)]
     struct C {
         #[serde(rename = "m.relates_to")]

@@ -305,6 +305,19 @@ impl App {
         room_id: &RoomId,
         own_event: &str,
     ) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+        // An invite from another server comes with the state it sent.
+        if let Some(own) = self.store.event(own_event.to_owned()).await?
+            && own.stream_pos < 0
+            && let Some(sk) = &own.pdu.state_key
+            && let Some(state) = self.store.remote_invite_state(room_id.to_string(), sk.clone()).await?
+        {
+            let mut out = vec![];
+            for v in serde_json::from_str::<Vec<serde_json::Value>>(&state).unwrap_or_default() {
+                out.push(raw(&v)?);
+            }
+            out.push(raw(&own.pdu.to_stripped())?);
+            return Ok(out);
+        }
         let state = self.store.current_state_ids(room_id.to_string()).await?;
         let mut ids: Vec<String> = STRIPPED_STATE
             .iter()

@@ -94,3 +94,13 @@ impl Typing {
         })
     }
 }
+
+impl crate::App {
+    /// A local user's typing: shown here and in the other processes, and
+    /// sent to the other servers in the room (which expire it on their own
+    /// if the stop never comes).
+    pub async fn set_local_typing(&self, room: &RoomId, user: &OwnedUserId, timeout: Option<Duration>) {
+        self.set_typing(room, user, timeout).await;
+        self.federate_typing(room, user, timeout.is_some()).await;
+    }
+}

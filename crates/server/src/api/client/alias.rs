@@ -39,13 +39,8 @@ pub async fn create(app: App, req: Ruma<create_alias::v3::Request>) -> Result<cr
 }
 
 pub async fn get(app: App, req: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
-    let (room, _) = app
-        .store
-        .alias(req.body.room_alias.to_string())
-        .await?
-        .ok_or_else(|| Error::not_found("Room alias not found"))?;
-    let room = OwnedRoomId::try_from(room).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(get_alias::v3::Response::new(room, vec![app.server_name.clone()]))
+    let (room, servers) = app.resolve_alias(&req.body.room_alias).await?;
+    Ok(get_alias::v3::Response::new(room, servers))
 }
 
 /// The alias's creator, or a room member with power to change the canonical alias, may delete it.

@@ -5,7 +5,7 @@ use ruma::api::client::{
     user_directory::search_users,
 };
 
-use crate::{App, Error, Result, ruma_wrapper::Ruma, services::directory::PublicRoomsPage};
+use crate::{App, Result, ruma_wrapper::Ruma, services::directory::PublicRoomsPage};
 
 pub async fn search_users(app: App, req: Ruma<search_users::v3::Request>) -> Result<search_users::v3::Response> {
     let user = req.user()?.clone();
@@ -14,14 +14,18 @@ pub async fn search_users(app: App, req: Ruma<search_users::v3::Request>) -> Res
     Ok(search_users::v3::Response::new(results, limited))
 }
 
-/// Another server's directory would be asked over federation, which this
-/// server does not speak yet.
-fn local_only(app: &App, server: Option<&ruma::ServerName>) -> Result<()> {
+/// This server's directory, or another server's asked over federation.
+async fn page(
+    app: &App,
+    server: Option<&ruma::ServerName>,
+    filter: &ruma::directory::Filter,
+    network: &ruma::directory::RoomNetwork,
+    limit: Option<ruma::UInt>,
+    since: Option<&str>,
+) -> Result<PublicRoomsPage> {
     match server {
-        Some(s) if s != app.server_name => Err(Error::invalid_param(
-            "federation is not available: only this server's directory can be listed",
-        )),
-        _ => Ok(()),
+        Some(s) if s != app.server_name => app.remote_public_rooms(s, filter, network, limit, since).await,
+        _ => app.public_rooms(filter, network, limit, since).await,
     }
 }
 
@@ -34,10 +38,15 @@ pub async fn public_rooms(
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
     let r = &req.body;
-    local_only(&app, r.server.as_deref())?;
-    let page = app
-        .public_rooms(&Default::default(), &Default::default(), r.limit, r.since.as_deref())
-        .await?;
+    let page = page(
+        &app,
+        r.server.as_deref(),
+        &Default::default(),
+        &Default::default(),
+        r.limit,
+        r.since.as_deref(),
+    )
+    .await?;
     let mut resp = get_public_rooms::v3::Response::new(vec![]);
     resp.total_room_count_estimate = total(&page);
     resp.chunk = page.chunk;
@@ -51,10 +60,15 @@ pub async fn public_rooms_filtered(
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     let r = &req.body;
-    local_only(&app, r.server.as_deref())?;
-    let page = app
-        .public_rooms(&r.filter, &r.room_network, r.limit, r.since.as_deref())
-        .await?;
+    let page = page(
+        &app,
+        r.server.as_deref(),
+        &r.filter,
+        &r.room_network,
+        r.limit,
+        r.since.as_deref(),
+    )
+    .await?;
     let mut resp = get_public_rooms_filtered::v3::Response::new();
     resp.total_room_count_estimate = total(&page);
     resp.chunk = page.chunk;

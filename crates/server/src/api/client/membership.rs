@@ -25,18 +25,27 @@ pub async fn join_by_id_or_alias(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let user = req.user()?.clone();
-    let room_id = app.resolve_room(&req.body.room_id_or_alias).await?;
-    app.join(&room_id, &user, req.body.reason.clone()).await?;
+    let (room_id, mut servers) = app.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
+    servers.extend(req.body.via.iter().cloned());
+    app.join_via(&room_id, &user, req.body.reason.clone(), &servers)
+        .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
 pub async fn knock(app: App, req: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
     let user = req.user()?.clone();
     let room_id = app.resolve_room(&req.body.room_id_or_alias).await?;
-    app.store
-        .room(room_id.to_string())
-        .await?
-        .ok_or_else(|| Error::not_found("Unknown room"))?;
+    let known = app.store.room(room_id.to_string()).await?.is_some();
+    if app.federation_enabled() && !(known && app.has_local_member(&room_id).await?) {
+        let mut servers = req.body.via.clone();
+        servers.extend(room_id.server_name().map(ToOwned::to_owned));
+        app.knock_remote(&room_id, &user, req.body.reason.clone(), &servers)
+            .await?;
+        return Ok(knock_room::v3::Response::new(room_id));
+    }
+    if !known {
+        return Err(Error::not_found("Unknown room"));
+    }
     app.set_membership(&room_id, &user, &user, "knock", req.body.reason.clone(), None)
         .await?;
     Ok(knock_room::v3::Response::new(room_id))
@@ -49,9 +58,10 @@ pub async fn invite(app: App, req: Ruma<invite_user::v3::Request>) -> Result<inv
     };
     let user_id = &invitee.user_id;
     if !app.is_local(user_id) {
-        return Err(Error::forbidden("Inviting users of other servers needs federation"));
-    }
-    if app.store.user(user_id.to_string()).await?.is_none_or(|u| u.deactivated) {
+        if !app.federation_enabled() || !app.server_allowed(user_id.server_name()) {
+            return Err(Error::forbidden("This server does not federate with the user's server"));
+        }
+    } else if app.store.user(user_id.to_string()).await?.is_none_or(|u| u.deactivated) {
         return Err(Error::not_found("Unknown user"));
     }
     let reason = invitee.reason.clone();
@@ -66,7 +76,14 @@ pub async fn leave(app: App, req: Ruma<leave_room::v3::Request>) -> Result<leave
         .room(req.body.room_id.to_string())
         .await?
         .ok_or_else(|| Error::not_found("Unknown room"))?;
-    match app.membership(&req.body.room_id, &user).await?.as_deref() {
+    let membership = app.membership(&req.body.room_id, &user).await?;
+    if membership.as_deref() == Some("invite") && !app.has_local_member(&req.body.room_id).await? {
+        // An invite to a room held elsewhere is declined through the inviter's server.
+        app.reject_remote_invite(&req.body.room_id, &user, req.body.reason.clone())
+            .await?;
+        return Ok(leave_room::v3::Response::new());
+    }
+    match membership.as_deref() {
         Some("join") | Some("invite") | Some("knock") => {
             app.set_membership(&req.body.room_id, &user, &user, "leave", req.body.reason.clone(), None)
                 .await?;

@@ -13,16 +13,26 @@ use ruma::{
 use crate::{App, Error, Result, api::client::require_self, ruma_wrapper::Ruma};
 
 async fn local_profile(app: &App, user: &UserId) -> Result<missive_store::UserRow> {
-    if !app.is_local(user) {
-        return Err(Error::not_found("Profiles of users on other servers need federation"));
-    }
     match app.store.user(user.to_string()).await? {
         Some(row) if !row.deactivated => Ok(row),
         _ => Err(Error::not_found("Unknown user")),
     }
 }
 
+/// One field of a remote user's profile, asked of their server.
+async fn remote_field(app: &App, user: &UserId, field: ProfileFieldName) -> Result<Option<serde_json::Value>> {
+    let key = field.as_str().to_owned();
+    Ok(app.remote_profile(user, Some(field)).await?.remove(&key))
+}
+
 pub async fn get_profile(app: App, req: Ruma<get_profile::v3::Request>) -> Result<get_profile::v3::Response> {
+    if !app.is_local(&req.body.user_id) {
+        let mut resp = get_profile::v3::Response::new();
+        for (k, v) in app.remote_profile(&req.body.user_id, None).await? {
+            resp.set(k, v);
+        }
+        return Ok(resp);
+    }
     let row = local_profile(&app, &req.body.user_id).await?;
     let mut resp = get_profile::v3::Response::new();
     if let Some(d) = row.displayname {
@@ -41,11 +51,23 @@ pub async fn get_displayname(
     app: App,
     req: Ruma<get_display_name::v3::Request>,
 ) -> Result<get_display_name::v3::Response> {
+    if !app.is_local(&req.body.user_id) {
+        let name = remote_field(&app, &req.body.user_id, ProfileFieldName::DisplayName).await?;
+        return Ok(get_display_name::v3::Response::new(
+            name.as_ref().and_then(|n| n.as_str()).map(str::to_owned),
+        ));
+    }
     let row = local_profile(&app, &req.body.user_id).await?;
     Ok(get_display_name::v3::Response::new(row.displayname))
 }
 
 pub async fn get_avatar_url(app: App, req: Ruma<get_avatar_url::v3::Request>) -> Result<get_avatar_url::v3::Response> {
+    if !app.is_local(&req.body.user_id) {
+        let url = remote_field(&app, &req.body.user_id, ProfileFieldName::AvatarUrl).await?;
+        return Ok(get_avatar_url::v3::Response::new(
+            url.as_ref().and_then(|u| u.as_str()).map(Into::into),
+        ));
+    }
     let row = local_profile(&app, &req.body.user_id).await?;
     let resp = get_avatar_url::v3::Response::new(row.avatar_url.map(Into::into));
     Ok(resp)
@@ -98,8 +120,15 @@ async fn propagate(app: &App, user: &UserId) -> Result<()> {
 const MAX_PROFILE_BYTES: usize = 64 * 1024;
 
 pub async fn get_field(app: App, req: Ruma<get_profile_field::v3::Request>) -> Result<get_profile_field::v3::Response> {
-    let row = local_profile(&app, &req.body.user_id).await?;
     let name = req.body.field.as_str().to_owned();
+    if !app.is_local(&req.body.user_id) {
+        let value = remote_field(&app, &req.body.user_id, req.body.field.clone())
+            .await?
+            .ok_or_else(|| Error::not_found("Profile field not set"))?;
+        let value = ProfileFieldValue::new(&name, value).map_err(|e| Error::Internal(e.to_string()))?;
+        return Ok(get_profile_field::v3::Response::new(value));
+    }
+    let row = local_profile(&app, &req.body.user_id).await?;
     let value = match name.as_str() {
         "displayname" => row.displayname.map(serde_json::Value::from),
         "avatar_url" => row.avatar_url.map(serde_json::Value::from),

@@ -28,6 +28,7 @@ async fn check_event(app: &App, user: &UserId, room: &RoomId, event: &EventId) -
 }
 
 async fn receipt(app: &App, user: &UserId, room: &RoomId, kind: &str, event: &EventId, thread: &str) -> Result<()> {
+    let ts = now_ms();
     app.store
         .set_receipt(
             room.to_string(),
@@ -35,10 +36,14 @@ async fn receipt(app: &App, user: &UserId, room: &RoomId, kind: &str, event: &Ev
             user.to_string(),
             thread.to_owned(),
             event.to_string(),
-            now_ms(),
+            ts,
         )
         .await?;
     app.notify();
+    // Private receipts stay on this server.
+    if kind == "m.read" {
+        app.federate_receipt(room, user, event.as_str(), thread, ts).await;
+    }
     Ok(())
 }
 

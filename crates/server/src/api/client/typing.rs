@@ -17,6 +17,6 @@ pub async fn typing(
         Typing::Yes(t) => Some(t.timeout),
         _ => None,
     };
-    app.set_typing(&req.body.room_id, &user, timeout).await;
+    app.set_local_typing(&req.body.room_id, &user, timeout).await;
     Ok(create_typing_event::v3::Response::new())
 }

@@ -1,0 +1,440 @@
+//! PDUs from other servers: the checks of the spec's "Checks performed on
+//! receipt of a PDU", in order, then persistence.
+//!
+//! 1. A valid event for the room's version, whose event ID is its hash.
+//! 2. Signatures of the servers that must sign it, and its content hash.
+//! 3. Authorised by its own auth events.
+//! 4. Authorised by the state before it (its `prev_events`' states,
+//!    resolved); missing `prev_events` are first asked of the sender.
+//! 5. Authorised by the room's current state, or soft-failed: kept, but
+//!    neither shown to clients nor used as a forward extremity.
+//!
+//! An event failing 1–4 is rejected: recorded, and nothing else changes.
+
+use std::collections::HashMap;
+
+use missive_core::{
+    auth::{self, StateMap},
+    pdu::Pdu,
+};
+use missive_store::{NewRoomEvent, StoreError, federation::RemoteAppend};
+use ruma::{
+    CanonicalJsonObject, OwnedEventId, OwnedRoomId, RoomId, ServerName, UInt,
+    api::federation::event::{get_event, get_missing_events},
+    events::StateEventType,
+    signatures::Verified,
+};
+use serde_json::value::RawValue as RawJsonValue;
+
+use crate::{App, Error, Result, services::rooms::RoomVersion};
+
+/// How many missing events are asked for to fill one gap.
+const MISSING_EVENTS_LIMIT: u32 = 50;
+
+/// Why an event was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum PduRejection {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("signature check failed: {0}")]
+    Signature(String),
+    #[error("content hash check failed")]
+    Hash,
+    #[error("not allowed by its auth events: {0}")]
+    AuthEvents(String),
+    #[error("not allowed by the state before it: {0}")]
+    StateBefore(String),
+    #[error("unknown room")]
+    UnknownRoom,
+    #[error("server not allowed in the room: {0}")]
+    Acl(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<Error> for PduRejection {
+    fn from(e: Error) -> Self {
+        PduRejection::Internal(e.to_string())
+    }
+}
+impl From<StoreError> for PduRejection {
+    fn from(e: StoreError) -> Self {
+        PduRejection::Internal(e.to_string())
+    }
+}
+
+/// The room ID a PDU names (v12 create events name none: they are never
+/// received for a room that exists).
+pub fn pdu_room_id(raw: &RawJsonValue) -> Option<OwnedRoomId> {
+    #[derive(serde::Deserialize)]
+    struct R {
+        room_id: Option<OwnedRoomId>,
+    }
+    serde_json::from_str::<R>(raw.get()).ok()?.room_id
+}
+
+/// Whether the server part of a user ID is `server`.
+pub fn user_on(user: &ruma::UserId, server: &ServerName) -> bool {
+    user.server_name() == server
+}
+
+impl App {
+    /// Checks 1 and 2: parses a PDU of the room's version, derives its event
+    /// ID and verifies the signatures and content hash.
+    pub async fn verify_pdu(
+        &self,
+        version: &RoomVersion,
+        room_id: &RoomId,
+        raw: &RawJsonValue,
+    ) -> Result<Pdu, PduRejection> {
+        let obj: CanonicalJsonObject =
+            serde_json::from_str(raw.get()).map_err(|e| PduRejection::Invalid(format!("not canonical JSON: {e}")))?;
+        if raw.get().len() > missive_core::builder::MAX_PDU_BYTES {
+            return Err(PduRejection::Invalid("PDU too large".into()));
+        }
+        let hash =
+            ruma::signatures::reference_hash(&obj, &version.rules).map_err(|e| PduRejection::Invalid(e.to_string()))?;
+        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| PduRejection::Invalid(e.to_string()))?;
+        let keys = self
+            .public_keys_for(&obj)
+            .await
+            .map_err(|e| PduRejection::Signature(e.to_string()))?;
+        match ruma::signatures::verify_event(&keys, &obj, &version.rules) {
+            Ok(Verified::All) => {}
+            // The spec redacts such an event; a closed federation rejects
+            // it instead, so that a tampered message never reaches a room.
+            Ok(Verified::Signatures) => return Err(PduRejection::Hash),
+            Err(e) => return Err(PduRejection::Signature(e.to_string())),
+        }
+        let pdu =
+            Pdu::from_canonical(event_id, Some(room_id), &obj).map_err(|e| PduRejection::Invalid(e.to_string()))?;
+        if pdu.room_id != room_id {
+            return Err(PduRejection::Invalid("PDU of another room".into()));
+        }
+        Ok(pdu)
+    }
+
+    /// Handles one PDU of a transaction from `origin`. Returns its event ID
+    /// (when it has one) and the outcome.
+    pub async fn handle_incoming_pdu(
+        &self,
+        origin: &ServerName,
+        raw: &RawJsonValue,
+    ) -> (Option<OwnedEventId>, Result<(), PduRejection>) {
+        let Some(room_id) = pdu_room_id(raw) else {
+            return (None, Err(PduRejection::Invalid("PDU without room_id".into())));
+        };
+        let version = match self.store.room(room_id.to_string()).await {
+            Ok(Some(r)) => match RoomVersion::parse(&r.room_version) {
+                Ok(v) => v,
+                Err(e) => return (None, Err(e.into())),
+            },
+            Ok(None) => return (None, Err(PduRejection::UnknownRoom)),
+            Err(e) => return (None, Err(e.into())),
+        };
+        // A room this server only holds an invite or knock for: its events
+        // cannot be checked, and are not this server's business yet.
+        match self.has_local_member(&room_id).await {
+            Ok(true) => {}
+            Ok(false) => return (None, Err(PduRejection::UnknownRoom)),
+            Err(e) => return (None, Err(e.into())),
+        }
+        if let Err(e) = self.check_server_acl(&room_id, origin).await {
+            return (None, Err(PduRejection::Acl(e.to_string())));
+        }
+        let pdu = match self.verify_pdu(&version, &room_id, raw).await {
+            Ok(p) => p,
+            Err(e) => return (None, Err(e)),
+        };
+        let id = pdu.event_id.clone();
+        let guard = match self.room_locks.lock(&room_id, &self.store).await {
+            Ok(g) => g,
+            Err(e) => return (Some(id), Err(e.into())),
+        };
+        let res = self.process_pdu(&version, pdu, origin, true, &[]).await;
+        drop(guard);
+        (Some(id), res)
+    }
+
+    /// Checks 3 to 5 and persistence; the caller holds the room lock.
+    /// `fill_gaps` asks `origin` for missing `prev_events` first.
+    pub async fn process_pdu(
+        &self,
+        version: &RoomVersion,
+        pdu: Pdu,
+        origin: &ServerName,
+        fill_gaps: bool,
+        forward_to: &[ruma::OwnedServerName],
+    ) -> Result<(), PduRejection> {
+        if let Some(ev) = self.store.event(pdu.event_id.to_string()).await?
+            && ev.stream_pos > 0
+        {
+            return Ok(());
+        }
+        if let Some(reason) = self.store.rejection(pdu.event_id.to_string()).await? {
+            return Err(PduRejection::Invalid(format!("rejected before: {reason}")));
+        }
+        let room_id = pdu.room_id.clone();
+
+        // Missing prev_events: ask the sender for the events between what we
+        // have and this one, oldest first, each going through these checks.
+        let known_prevs = self.timeline_events(&pdu.prev_events).await?;
+        if fill_gaps && known_prevs.len() < pdu.prev_events.len() {
+            self.fill_gap(version, &pdu, origin).await;
+        }
+
+        // 3. Auth events, fetched from the sender when missing.
+        let auth_events = self.load_auth_events(version, &pdu, origin).await?;
+        let auth_state: StateMap = auth_events
+            .values()
+            .filter_map(|p| {
+                p.state_key
+                    .as_ref()
+                    .map(|sk| ((p.kind.to_string().into(), sk.clone()), p.event_id.clone()))
+            })
+            .collect();
+        let mut loaded = auth_events;
+        self.add_create_event(&room_id, &mut loaded).await?;
+        if let Err(reason) = auth::check(&version.rules, &pdu, &auth_state, &loaded) {
+            return self.reject(&pdu, PduRejection::AuthEvents(reason)).await;
+        }
+
+        // 4. The state before the event.
+        let prevs: Vec<OwnedEventId> = self.timeline_events(&pdu.prev_events).await?;
+        let state_before = if prevs.is_empty() {
+            // No ancestor is known even after asking: the current state is
+            // the best estimate (the event passed its own auth events).
+            tracing::debug!(event = %pdu.event_id, "no prev_events known; checking against the current state");
+            self.store.current_state_ids(room_id.to_string()).await?
+        } else {
+            let states = self.states_after(&prevs).await?;
+            self.resolve_states(version, states).await?
+        };
+        self.load_state_events(version, &state_before, &pdu, &mut loaded)
+            .await?;
+        if let Err(reason) = auth::check(&version.rules, &pdu, &state_before, &loaded) {
+            return self.reject(&pdu, PduRejection::StateBefore(reason)).await;
+        }
+
+        // 5. Soft failure against the current state.
+        let current = self.store.current_state_ids(room_id.to_string()).await?;
+        let mut soft_failed = false;
+        if current != state_before {
+            self.load_state_events(version, &current, &pdu, &mut loaded).await?;
+            if let Err(reason) = auth::check(&version.rules, &pdu, &current, &loaded) {
+                tracing::info!(event = %pdu.event_id, %reason, "soft-failed event from {origin}");
+                soft_failed = true;
+            }
+        }
+
+        // The room's state after the new set of forward extremities.
+        let new_current = if soft_failed {
+            None
+        } else {
+            let mut after = state_before.clone();
+            if let Some(sk) = &pdu.state_key {
+                after.insert((pdu.kind.to_string().into(), sk.clone()), pdu.event_id.clone());
+            }
+            let others: Vec<OwnedEventId> = self
+                .store
+                .forward_extremities(room_id.to_string())
+                .await?
+                .0
+                .into_iter()
+                .filter(|e| !pdu.prev_events.contains(e))
+                .collect();
+            if others.is_empty() {
+                Some(after)
+            } else {
+                let mut states = self.states_after(&others).await?;
+                states.push(after);
+                Some(self.resolve_states(version, states).await?)
+            }
+        };
+        let unsigned = pdu.state_key.as_ref().and_then(|sk| {
+            state_before
+                .get(&(pdu.kind.to_string().into(), sk.clone()))
+                .and_then(|prev| loaded.get(prev))
+                .map(|prev| {
+                    serde_json::json!({
+                        "prev_content": prev.content_value(),
+                        "prev_sender": prev.sender,
+                        "replaces_state": prev.event_id,
+                    })
+                })
+        });
+        let (rel_type, relates_to) = crate::services::rooms::relation_of(&pdu);
+        let append = RemoteAppend {
+            event: NewRoomEvent {
+                pdu: pdu.clone(),
+                unsigned,
+                txn: None,
+                rel_type,
+                relates_to,
+                new_room: None,
+                media_refs: vec![],
+                federate_to: forward_to.iter().map(|s| s.to_string()).collect(),
+            },
+            state_before,
+            current: new_current,
+        };
+        match self.store.append_remote_event(append).await {
+            Ok(_) | Err(StoreError::Exists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !soft_failed {
+            if let Some(target) = &pdu.redacts {
+                self.apply_redaction(version, &pdu, target).await?;
+            }
+            self.notify();
+            self.queue_push(&pdu);
+        }
+        Ok(())
+    }
+
+    async fn reject(&self, pdu: &Pdu, why: PduRejection) -> Result<(), PduRejection> {
+        tracing::info!(event = %pdu.event_id, reason = %why, "rejected event");
+        self.store
+            .mark_rejected(
+                pdu.event_id.to_string(),
+                pdu.room_id.to_string(),
+                why.to_string(),
+                ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
+            )
+            .await?;
+        Err(why)
+    }
+
+    /// Those of `ids` that are in the timeline (not outliers).
+    async fn timeline_events(&self, ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>> {
+        Ok(self
+            .store
+            .events(ids.iter().map(|e| e.to_string()).collect())
+            .await?
+            .into_iter()
+            .filter(|e| e.stream_pos > 0)
+            .map(|e| e.pdu.event_id)
+            .collect())
+    }
+
+    /// Asks `origin` for the events between the room's forward extremities
+    /// and `pdu`, and processes them oldest first.
+    async fn fill_gap(&self, version: &RoomVersion, pdu: &Pdu, origin: &ServerName) {
+        let earliest = match self.store.forward_extremities(pdu.room_id.to_string()).await {
+            Ok((e, _)) => e,
+            Err(_) => return,
+        };
+        let mut req = get_missing_events::v1::Request::new(pdu.room_id.clone(), earliest, vec![pdu.event_id.clone()]);
+        req.limit = UInt::from(MISSING_EVENTS_LIMIT);
+        let events = match self.federation_request(origin, req).await {
+            Ok(r) => r.events,
+            Err(e) => {
+                tracing::info!(room = %pdu.room_id, "get_missing_events from {origin} failed: {e}");
+                return;
+            }
+        };
+        let mut parsed = vec![];
+        for raw in &events {
+            match self.verify_pdu(version, &pdu.room_id, raw).await {
+                Ok(p) => parsed.push(p),
+                Err(e) => tracing::info!("missing event from {origin} refused: {e}"),
+            }
+        }
+        parsed.sort_by_key(|p| p.depth);
+        for p in parsed {
+            if p.event_id == pdu.event_id {
+                continue;
+            }
+            if let Err(e) = Box::pin(self.process_pdu(version, p, origin, false, &[])).await {
+                tracing::info!("missing event from {origin} not accepted: {e}");
+            }
+        }
+    }
+
+    /// The event's auth events, fetching (and verifying) missing ones from `origin`.
+    async fn load_auth_events(
+        &self,
+        version: &RoomVersion,
+        pdu: &Pdu,
+        origin: &ServerName,
+    ) -> Result<HashMap<OwnedEventId, Pdu>, PduRejection> {
+        let mut found: HashMap<OwnedEventId, Pdu> = self
+            .store
+            .events(pdu.auth_events.iter().map(|e| e.to_string()).collect())
+            .await?
+            .into_iter()
+            .map(|e| (e.pdu.event_id.clone(), e.pdu))
+            .collect();
+        let mut fetched = vec![];
+        let missing: Vec<OwnedEventId> = pdu
+            .auth_events
+            .iter()
+            .filter(|e| !found.contains_key(*e))
+            .cloned()
+            .collect();
+        for id in &missing {
+            if self.store.rejection(id.to_string()).await?.is_some() {
+                return Err(PduRejection::AuthEvents(format!("auth event {id} was rejected")));
+            }
+            let res = self
+                .federation_request(origin, get_event::v1::Request::new(id.clone()))
+                .await
+                .map_err(|e| PduRejection::AuthEvents(format!("auth event {id} unavailable: {e}")))?;
+            let p = self.verify_pdu(version, &pdu.room_id, &res.pdu).await?;
+            if p.event_id != *id {
+                return Err(PduRejection::AuthEvents(format!(
+                    "{origin} sent another event for {id}"
+                )));
+            }
+            fetched.push(p.clone());
+            found.insert(p.event_id.clone(), p);
+        }
+        if !fetched.is_empty() {
+            self.store.store_outliers(fetched, None).await?;
+        }
+        Ok(found)
+    }
+
+    async fn add_create_event(&self, room_id: &RoomId, loaded: &mut HashMap<OwnedEventId, Pdu>) -> Result<()> {
+        if let Some(c) = self
+            .store
+            .current_state_event(room_id.to_string(), "m.room.create".into(), String::new())
+            .await?
+        {
+            loaded.entry(c.pdu.event_id.clone()).or_insert(c.pdu);
+        }
+        Ok(())
+    }
+
+    /// Loads the entries of `state` the auth rules look at for `pdu`.
+    async fn load_state_events(
+        &self,
+        version: &RoomVersion,
+        state: &StateMap,
+        pdu: &Pdu,
+        loaded: &mut HashMap<OwnedEventId, Pdu>,
+    ) -> Result<(), PduRejection> {
+        let mut keys = auth::auth_types(
+            &version.rules,
+            &pdu.kind,
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+        )
+        .unwrap_or_default();
+        keys.push((StateEventType::RoomCreate, String::new()));
+        if let Some(sk) = &pdu.state_key {
+            keys.push((pdu.kind.to_string().into(), sk.clone()));
+        }
+        let ids: Vec<String> = keys
+            .iter()
+            .filter_map(|k| state.get(k))
+            .filter(|e| !loaded.contains_key(*e))
+            .map(|e| e.to_string())
+            .collect();
+        for ev in self.store.events(ids).await? {
+            loaded.insert(ev.pdu.event_id.clone(), ev.pdu);
+        }
+        Ok(())
+    }
+}
