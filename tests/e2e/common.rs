@@ -195,6 +195,21 @@ impl TestServer {
         self.spawn().await;
     }
 
+    /// Starts the process again after `kill9`, same port, data and environment.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "server still running");
+        self.spawn().await;
+    }
+
+    /// Sets (or with `None` removes) an environment variable for the next
+    /// start, such as a changed federation allow-list.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
     /// Runs `missive admin …` against this server's data directory.
     pub async fn admin(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_missive"));

@@ -11,6 +11,8 @@ mod concurrency;
 mod directory;
 mod durability;
 mod encryption;
+mod fed_harness;
+mod federation;
 mod keys;
 mod media;
 mod migrate;

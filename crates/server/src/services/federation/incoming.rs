@@ -73,9 +73,12 @@ pub fn pdu_room_id(raw: &RawJsonValue) -> Option<OwnedRoomId> {
     serde_json::from_str::<R>(raw.get()).ok()?.room_id
 }
 
-/// Whether the server part of a user ID is `server`.
-pub fn user_on(user: &ruma::UserId, server: &ServerName) -> bool {
-    user.server_name() == server
+/// The event ID of a PDU (its reference hash), whether or not it checks out.
+pub fn event_id_of(version: &RoomVersion, raw: &RawJsonValue) -> Option<OwnedEventId> {
+    let mut obj: CanonicalJsonObject = serde_json::from_str(raw.get()).ok()?;
+    obj.remove("unsigned");
+    let hash = ruma::signatures::reference_hash(&obj, &version.rules).ok()?;
+    OwnedEventId::try_from(format!("${hash}")).ok()
 }
 
 impl App {
@@ -87,8 +90,10 @@ impl App {
         room_id: &RoomId,
         raw: &RawJsonValue,
     ) -> Result<Pdu, PduRejection> {
-        let obj: CanonicalJsonObject =
+        let mut obj: CanonicalJsonObject =
             serde_json::from_str(raw.get()).map_err(|e| PduRejection::Invalid(format!("not canonical JSON: {e}")))?;
+        // `unsigned` is the sender's own annotation (age, …), not part of the event.
+        obj.remove("unsigned");
         if raw.get().len() > missive_core::builder::MAX_PDU_BYTES {
             return Err(PduRejection::Invalid("PDU too large".into()));
         }
@@ -144,7 +149,7 @@ impl App {
         }
         let pdu = match self.verify_pdu(&version, &room_id, raw).await {
             Ok(p) => p,
-            Err(e) => return (None, Err(e)),
+            Err(e) => return (event_id_of(&version, raw), Err(e)),
         };
         let id = pdu.event_id.clone();
         let guard = match self.room_locks.lock(&room_id, &self.store).await {
@@ -194,7 +199,12 @@ impl App {
             })
             .collect();
         let mut loaded = auth_events;
-        self.add_create_event(&room_id, &mut loaded).await?;
+        // From room version 12 the create event is implied by the room ID
+        // and left out of `auth_events`; the rules still read it.
+        let mut auth_state = auth_state;
+        if let Some(create) = self.add_create_event(&room_id, &mut loaded).await? {
+            auth_state.entry((StateEventType::RoomCreate, String::new())).or_insert(create);
+        }
         if let Err(reason) = auth::check(&version.rules, &pdu, &auth_state, &loaded) {
             return self.reject(&pdu, PduRejection::AuthEvents(reason)).await;
         }
@@ -395,15 +405,21 @@ impl App {
         Ok(found)
     }
 
-    async fn add_create_event(&self, room_id: &RoomId, loaded: &mut HashMap<OwnedEventId, Pdu>) -> Result<()> {
-        if let Some(c) = self
+    async fn add_create_event(
+        &self,
+        room_id: &RoomId,
+        loaded: &mut HashMap<OwnedEventId, Pdu>,
+    ) -> Result<Option<OwnedEventId>> {
+        let Some(c) = self
             .store
             .current_state_event(room_id.to_string(), "m.room.create".into(), String::new())
             .await?
-        {
-            loaded.entry(c.pdu.event_id.clone()).or_insert(c.pdu);
-        }
-        Ok(())
+        else {
+            return Ok(None);
+        };
+        let id = c.pdu.event_id.clone();
+        loaded.entry(id.clone()).or_insert(c.pdu);
+        Ok(Some(id))
     }
 
     /// Loads the entries of `state` the auth rules look at for `pdu`.

@@ -152,22 +152,24 @@ impl App {
 
         // The room's state and auth chain, each event checked.
         let mut events: HashMap<OwnedEventId, Pdu> = HashMap::new();
-        for raw in res.auth_chain.iter().chain(res.state.iter()) {
+        for raw in &res.auth_chain {
             match self.verify_pdu(&version, room_id, raw).await {
                 Ok(p) => {
                     events.insert(p.event_id.clone(), p);
                 }
-                Err(e) => tracing::info!(room = %room_id, "state event from {server} refused: {e}"),
+                Err(e) => tracing::info!(room = %room_id, "auth chain event from {server} refused: {e}"),
             }
         }
         let mut state = StateMap::new();
         for raw in &res.state {
-            if let Some(p) = crate::services::federation::incoming::pdu_room_id(raw)
-                .filter(|r| r == room_id)
-                .and_then(|_| events.values().find(|p| p.json.get() == raw.get()))
-                && let Some(sk) = &p.state_key
-            {
-                state.insert((p.kind.to_string().into(), sk.clone()), p.event_id.clone());
+            match self.verify_pdu(&version, room_id, raw).await {
+                Ok(p) => {
+                    if let Some(sk) = &p.state_key {
+                        state.insert((p.kind.to_string().into(), sk.clone()), p.event_id.clone());
+                    }
+                    events.insert(p.event_id.clone(), p);
+                }
+                Err(e) => tracing::info!(room = %room_id, "state event from {server} refused: {e}"),
             }
         }
         let create = state
