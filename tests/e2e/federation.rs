@@ -741,3 +741,63 @@ async fn synapse_interop() {
     let m4 = send(&alice, &room, "missive room, from synapse").await;
     assert_decrypts(&bob, &room, &m4, "missive room, from synapse").await;
 }
+
+/// A user hands a third party an OpenID token; the third party learns who
+/// it stands for from the federation API, and nothing from a wrong token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_tokens() {
+    let a = FedServer::start().await;
+    let alice = Raw::register(&a, "alice").await;
+    let bob = Raw::register(&a, "bob").await;
+    let dest = a.server_name().to_owned();
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", enc(&alice.user_id));
+    let got = alice.ok("POST", &path, Some(json!({}))).await;
+    assert_eq!(got["token_type"], "Bearer");
+    assert_eq!(got["matrix_server_name"], dest.as_str());
+    assert!(got["expires_in"].as_u64().is_some_and(|s| s > 0));
+    let token = got["access_token"].as_str().expect("token").to_owned();
+
+    // Only for oneself.
+    let r = bob.call("POST", &path, Some(json!({}))).await;
+    assert_eq!((r.status, r.errcode()), (403, "M_FORBIDDEN"));
+
+    let (status, body) = raw_federation(
+        "GET",
+        &dest,
+        &format!("/_matrix/federation/v1/openid/userinfo?access_token={}", enc(&token)),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["sub"].as_str()),
+        (200, Some(alice.user_id.as_str())),
+        "{body}"
+    );
+    let (status, body) = raw_federation(
+        "GET",
+        &dest,
+        "/_matrix/federation/v1/openid/userinfo?access_token=not-a-token",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNKNOWN_TOKEN")),
+        "{body}"
+    );
+    // The access token is not an OpenID token.
+    let (status, _) = raw_federation(
+        "GET",
+        &dest,
+        &format!(
+            "/_matrix/federation/v1/openid/userinfo?access_token={}",
+            enc(&alice.token)
+        ),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+}

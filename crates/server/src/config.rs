@@ -113,6 +113,11 @@ pub struct FederationConfig {
     pub allowed_servers: Option<Vec<String>>,
     /// How long other servers may cache this server's signing key, in seconds.
     pub key_valid_secs: u64,
+    /// `host[:port]` other servers should connect to for this server name,
+    /// served as `/.well-known/matrix/server` (delegation: user IDs stay
+    /// `@a:gouv.example` while federation runs on `matrix.gouv.example:443`).
+    /// Unset, that document is not served.
+    pub well_known_server: Option<String>,
 }
 
 impl Default for FederationConfig {
@@ -124,6 +129,7 @@ impl Default for FederationConfig {
             ca_file: None,
             allowed_servers: None,
             key_valid_secs: 7 * 24 * 3600,
+            well_known_server: None,
         }
     }
 }
@@ -133,6 +139,11 @@ impl FederationConfig {
     pub fn check(&self) -> Result<(), String> {
         if self.listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err("federation.listen needs federation.tls_cert and federation.tls_key".into());
+        }
+        if let Some(w) = &self.well_known_server
+            && ruma::ServerName::parse(w).is_err()
+        {
+            return Err(format!("federation.well_known_server {w:?} is not a host[:port]"));
         }
         if let Some(servers) = &self.allowed_servers {
             for s in servers {

@@ -32,6 +32,7 @@ pub fn router(app: App) -> Router {
         .ruma::<session::logout_all::v3::Request, _, _>(c::session::logout_all)
         .ruma::<session::refresh_token::v3::Request, _, _>(c::session::refresh)
         .ruma::<account::whoami::v3::Request, _, _>(c::account::whoami)
+        .ruma::<account::request_openid_token::v3::Request, _, _>(c::account::openid_token)
         .ruma::<account::change_password::v3::Request, _, _>(c::account::change_password)
         .ruma::<account::deactivate::v3::Request, _, _>(c::account::deactivate)
         .ruma::<device::get_devices::v3::Request, _, _>(c::device::get_devices)

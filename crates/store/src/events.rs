@@ -126,7 +126,15 @@ impl Store {
             crate::search::index_event(tx, pos, pdu)?;
             advance_extremities(tx, pdu)?;
             if let Some(sk) = &pdu.state_key {
-                set_current(tx, room_id, &pdu.kind.to_string(), sk, pdu.event_id.as_str(), pdu.membership(), pos)?;
+                set_current(
+                    tx,
+                    room_id,
+                    &pdu.kind.to_string(),
+                    sk,
+                    pdu.event_id.as_str(),
+                    pdu.membership(),
+                    pos,
+                )?;
             }
             set_current_group(tx, room_id, group)?;
             crate::federation::queue_pdu(tx, pdu.event_id.as_str(), &ev.federate_to)?;
@@ -555,13 +563,23 @@ pub(crate) fn insert_room(tx: &Connection<'_>, room_id: &str, r: &crate::NewRoom
         "INSERT INTO rooms (room_id, room_version, creator) VALUES (?1, ?2, ?3)",
         params![room_id, r.room_version, r.creator],
     )
-    .map_err(|e| if e.is_unique_violation() { StoreError::Exists } else { e.into() })?;
+    .map_err(|e| {
+        if e.is_unique_violation() {
+            StoreError::Exists
+        } else {
+            e.into()
+        }
+    })?;
     Ok(())
 }
 
 pub(crate) fn extremities(tx: &Connection<'_>, room_id: &str) -> Result<Vec<String>> {
     Ok(tx
-        .query_map("SELECT event_id FROM forward_extremities WHERE room_id = ?1", [room_id], |r| r.get(0))?
+        .query_map(
+            "SELECT event_id FROM forward_extremities WHERE room_id = ?1",
+            [room_id],
+            |r| r.get(0),
+        )?
         .collect::<crate::db::Result<_>>()?)
 }
 
@@ -617,8 +635,9 @@ pub(crate) fn write_group(
         params![room_id, prev_id, len],
         |r| r.get(0),
     )?;
-    let mut ins =
-        tx.prepare_cached("INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     if snapshot && let Some((pg, _)) = base {
         for ((t, k), e) in load_state_group(tx, pg)? {
             let t = t.to_string();
@@ -639,13 +658,19 @@ pub(crate) fn write_group(
 pub(crate) fn group_for_state(tx: &Connection<'_>, room_id: &str, state: &StateMap) -> Result<i64> {
     let base = current_group(tx, room_id)?;
     let Some((bg, _)) = base else {
-        let all: Vec<_> = state.iter().map(|((t, k), e)| (t.to_string(), k.clone(), e.to_string())).collect();
+        let all: Vec<_> = state
+            .iter()
+            .map(|((t, k), e)| (t.to_string(), k.clone(), e.to_string()))
+            .collect();
         return write_group(tx, room_id, None, &all, true);
     };
     let base_map = load_state_group(tx, bg)?;
     let removed = base_map.keys().any(|k| !state.contains_key(k));
     if removed {
-        let all: Vec<_> = state.iter().map(|((t, k), e)| (t.to_string(), k.clone(), e.to_string())).collect();
+        let all: Vec<_> = state
+            .iter()
+            .map(|((t, k), e)| (t.to_string(), k.clone(), e.to_string()))
+            .collect();
         return write_group(tx, room_id, None, &all, true);
     }
     let changes: Vec<_> = state
@@ -687,7 +712,13 @@ pub(crate) fn insert_event(tx: &Connection<'_>, pos: i64, ev: &NewRoomEvent, gro
             txn_id,
         ],
     )
-    .map_err(|e| if e.is_unique_violation() { StoreError::Exists } else { e.into() })?;
+    .map_err(|e| {
+        if e.is_unique_violation() {
+            StoreError::Exists
+        } else {
+            e.into()
+        }
+    })?;
     for media_id in &ev.media_refs {
         tx.execute(
             "INSERT INTO media_refs (media_id, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",

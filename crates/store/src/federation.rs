@@ -9,8 +9,8 @@ use crate::{
     NewRoomEvent, Result, StoreError,
     db::{Connection, OptionalExtension, params},
     events::{
-        advance_extremities, current_group, extremities, group_for_state, insert_event, insert_room,
-        set_current, set_current_group,
+        advance_extremities, current_group, extremities, group_for_state, insert_event, insert_room, set_current,
+        set_current_group,
     },
     store::Store,
 };
@@ -194,9 +194,11 @@ impl Store {
                 // Soft-failed: kept, but neither in the timeline nor in the state.
                 insert_outlier(tx, pdu, &mut HashMap::new())?;
                 return tx
-                    .query_row("SELECT stream_pos FROM events WHERE event_id = ?1", [pdu.event_id.as_str()], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "SELECT stream_pos FROM events WHERE event_id = ?1",
+                        [pdu.event_id.as_str()],
+                        |r| r.get(0),
+                    )
                     .map_err(Into::into);
             };
             let existing: Option<i64> = tx
@@ -242,8 +244,9 @@ impl Store {
             let ids = extremities(c, &room_id)?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                let g: i64 =
-                    c.query_row("SELECT state_group FROM events WHERE event_id = ?1", [&id], |r| r.get(0))?;
+                let g: i64 = c.query_row("SELECT state_group FROM events WHERE event_id = ?1", [&id], |r| {
+                    r.get(0)
+                })?;
                 out.push((id, g));
             }
             Ok(out)
@@ -253,7 +256,8 @@ impl Store {
 
     /// The group of the room's current state.
     pub async fn current_state_group(&self, room_id: String) -> Result<Option<i64>> {
-        self.read(move |c| Ok(current_group(c, &room_id)?.map(|(g, _)| g))).await
+        self.read(move |c| Ok(current_group(c, &room_id)?.map(|(g, _)| g)))
+            .await
     }
 
     /// A local user's membership in a room this server is not in: an
@@ -328,8 +332,12 @@ impl Store {
     /// Why the event was rejected, if it was.
     pub async fn rejection(&self, event_id: String) -> Result<Option<String>> {
         self.read(move |c| {
-            Ok(c.query_row("SELECT reason FROM rejected_events WHERE event_id = ?1", [event_id], |r| r.get(0))
-                .optional()?)
+            Ok(c.query_row(
+                "SELECT reason FROM rejected_events WHERE event_id = ?1",
+                [event_id],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
         .await
     }
@@ -400,7 +408,11 @@ impl Store {
                 let (id, pdu, edu, expires, event_id) = row?;
                 if expires.is_some_and(|e| e < now) || (event_id.is_some() && pdu.is_none()) {
                     // Stale, or an event since purged: acknowledged with the batch.
-                    out.push(OutboxEntry { id, pdu: None, edu: None });
+                    out.push(OutboxEntry {
+                        id,
+                        pdu: None,
+                        edu: None,
+                    });
                     continue;
                 }
                 if pdu.is_some() {
@@ -466,7 +478,10 @@ impl Store {
     pub async fn outbox_retry_now(&self, destination: Option<String>) -> Result<()> {
         self.write(move |tx, _| {
             match destination {
-                Some(d) => tx.execute("UPDATE federation_destinations SET retry_after_ts = 0 WHERE destination = ?1", [d])?,
+                Some(d) => tx.execute(
+                    "UPDATE federation_destinations SET retry_after_ts = 0 WHERE destination = ?1",
+                    [d],
+                )?,
                 None => tx.execute("UPDATE federation_destinations SET retry_after_ts = 0", [])?,
             };
             Ok(())
@@ -542,6 +557,37 @@ impl Store {
                 |r| r.get(0),
             )?;
             Ok(max.unwrap_or(0))
+        })
+        .await
+    }
+}
+
+/// OpenID tokens (`/user/{userId}/openid/request_token`), by their hash.
+impl Store {
+    pub async fn insert_openid_token(&self, token_hash: Vec<u8>, user_id: String, expires_ts: i64) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "DELETE FROM openid_tokens WHERE expires_ts < ?1",
+                [expires_ts - 2 * 3_600_000],
+            )?;
+            tx.execute(
+                "INSERT INTO openid_tokens (token_hash, user_id, expires_ts) VALUES (?1, ?2, ?3)",
+                params![token_hash, user_id, expires_ts],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The user an unexpired OpenID token stands for.
+    pub async fn openid_user(&self, token_hash: Vec<u8>, now: i64) -> Result<Option<String>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT user_id FROM openid_tokens WHERE token_hash = ?1 AND expires_ts > ?2",
+                params![token_hash, now],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
         .await
     }

@@ -383,3 +383,10 @@ CREATE TABLE IF NOT EXISTS remote_invites (
     stream_pos BIGINT NOT NULL,
     PRIMARY KEY (room_id, user_id)
 );
+-- OpenID tokens a user handed to a third party (an integration server),
+-- which checks them with /_matrix/federation/v1/openid/userinfo.
+CREATE TABLE IF NOT EXISTS openid_tokens (
+    token_hash BYTEA PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    expires_ts BIGINT NOT NULL
+);

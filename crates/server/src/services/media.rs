@@ -551,6 +551,10 @@ impl App {
         {
             return Ok((meta, data));
         }
+        // Media of a server this one does not talk to does not exist here.
+        if !self.federation_enabled() || !self.server_allowed(server) {
+            return Err(not_found());
+        }
         let mut req = get_content::v1::Request::new(media_id.to_owned());
         req.timeout_ms = timeout.min(MAX_DOWNLOAD_WAIT);
         let resp = self.federation_request(server, req).await?;

@@ -122,7 +122,12 @@ impl App {
 
     /// For a restricted room the user was not invited to, finds a local
     /// member who may invite and whose server vouches for the join.
-    pub(crate) async fn authorise_restricted_join(&self, room_id: &RoomId, user: &UserId, content: &mut Value) -> Result<()> {
+    pub(crate) async fn authorise_restricted_join(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        content: &mut Value,
+    ) -> Result<()> {
         let Some(rules) = self.state_content(room_id, "m.room.join_rules", "").await? else {
             return Ok(());
         };

@@ -12,6 +12,7 @@ pub mod initial_sync;
 pub mod media;
 pub mod membership;
 pub mod opengraph;
+pub mod openid;
 pub mod presence;
 pub mod processes;
 pub mod push;

@@ -437,7 +437,12 @@ impl App {
 
     /// Replaces the redacted event by its redacted form, if the redaction's
     /// sender may redact it (their own event, or enough power).
-    pub(crate) async fn apply_redaction(&self, version: &RoomVersion, redaction: &Pdu, target: &ruma::EventId) -> Result<()> {
+    pub(crate) async fn apply_redaction(
+        &self,
+        version: &RoomVersion,
+        redaction: &Pdu,
+        target: &ruma::EventId,
+    ) -> Result<()> {
         let Some(ev) = self.store.event(target.to_string()).await? else {
             return Ok(());
         };

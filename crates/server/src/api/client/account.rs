@@ -52,3 +52,17 @@ pub async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<
     app.notify();
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }
+
+pub async fn openid_token(
+    app: App,
+    req: Ruma<ruma::api::client::account::request_openid_token::v3::Request>,
+) -> Result<ruma::api::client::account::request_openid_token::v3::Response> {
+    use ruma::api::client::account::request_openid_token::v3;
+    let token = app.request_openid_token(req.user()?, &req.body.user_id).await?;
+    Ok(v3::Response::new(
+        token,
+        ruma::authentication::TokenType::Bearer,
+        app.server_name.clone(),
+        crate::services::openid::OPENID_TOKEN_LIFETIME,
+    ))
+}

@@ -27,8 +27,7 @@ pub async fn join_by_id_or_alias(
     let user = req.user()?.clone();
     let (room_id, mut servers) = app.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
     servers.extend(req.body.via.iter().cloned());
-    app.join_via(&room_id, &user, req.body.reason.clone(), &servers)
-        .await?;
+    app.join_via(&room_id, &user, req.body.reason.clone(), &servers).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

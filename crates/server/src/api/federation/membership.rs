@@ -3,11 +3,14 @@
 
 use axum::Router;
 use ruma::api::federation::membership::{
-    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
-    prepare_knock_event, prepare_leave_event,
+    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+    prepare_leave_event,
 };
 
-use crate::{App, Result, ruma_wrapper::{Ruma, RouterExt}};
+use crate::{
+    App, Result,
+    ruma_wrapper::{RouterExt, Ruma},
+};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router
@@ -20,7 +23,10 @@ pub fn routes(router: Router<App>) -> Router<App> {
         .ruma::<create_invite::v2::Request, _, _>(invite)
 }
 
-async fn make_knock(app: App, req: Ruma<prepare_knock_event::v1::Request>) -> Result<prepare_knock_event::v1::Response> {
+async fn make_knock(
+    app: App,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<prepare_knock_event::v1::Response> {
     let origin = req.origin()?;
     let (version, event) = app
         .membership_template(origin, &req.body.room_id, &req.body.user_id, "knock", &req.body.ver)
@@ -94,7 +100,14 @@ async fn invite(app: App, req: Ruma<create_invite::v2::Request>) -> Result<creat
     let origin = req.origin()?;
     let b = &req.body;
     let event = app
-        .accept_invite(origin, &b.room_id, &b.event_id, &b.room_version, &b.event, &b.invite_room_state)
+        .accept_invite(
+            origin,
+            &b.room_id,
+            &b.event_id,
+            &b.room_version,
+            &b.event,
+            &b.invite_room_state,
+        )
         .await?;
     Ok(create_invite::v2::Response::new(event))
 }

@@ -4,6 +4,7 @@ use axum::Router;
 
 use crate::App;
 
+pub mod discovery;
 pub mod events;
 pub mod keys;
 pub mod media;
@@ -13,6 +14,7 @@ pub mod transactions;
 
 /// Every federation endpoint (`/_matrix/federation/…`, `/_matrix/key/…`).
 pub fn routes(router: Router<App>) -> Router<App> {
+    let router = discovery::routes(router);
     let router = keys::routes(router);
     let router = transactions::routes(router);
     let router = membership::routes(router);

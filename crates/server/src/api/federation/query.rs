@@ -1,14 +1,13 @@
 //! Queries from other servers: profiles, room aliases, the public room
-//! directory, and users' devices and end-to-end encryption keys.
-//!
-//! `GET /openid/userinfo` is not served (404 `M_UNRECOGNIZED`): this server
-//! issues no OpenID tokens. Nor is `GET /hierarchy/{roomId}`.
+//! directory, users' devices and end-to-end encryption keys, and who an
+//! OpenID token stands for. `GET /hierarchy/{roomId}` is not served.
 
 use axum::Router;
 use ruma::api::federation::{
     device::get_devices,
     directory::{get_public_rooms, get_public_rooms_filtered},
     keys::{claim_keys, get_keys},
+    openid::get_openid_userinfo,
     query::{get_profile_information, get_room_information},
 };
 
@@ -27,6 +26,21 @@ pub fn routes(router: Router<App>) -> Router<App> {
         .ruma::<claim_keys::v1::Request, _, _>(keys_claim)
         .ruma::<get_public_rooms::v1::Request, _, _>(public_rooms)
         .ruma::<get_public_rooms_filtered::v1::Request, _, _>(public_rooms_filtered)
+        .ruma::<get_openid_userinfo::v1::Request, _, _>(openid_userinfo)
+}
+
+/// Unauthenticated by design: the token is the credential, and the asker
+/// is usually not a homeserver.
+async fn openid_userinfo(
+    app: App,
+    req: Ruma<get_openid_userinfo::v1::Request>,
+) -> Result<get_openid_userinfo::v1::Response> {
+    if !app.federation_enabled() {
+        return Err(crate::Error::unrecognized("Federation is not enabled on this server"));
+    }
+    Ok(get_openid_userinfo::v1::Response::new(
+        app.openid_userinfo(&req.body.access_token).await?,
+    ))
 }
 
 async fn profile(

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use axum::Router;
 use ruma::api::federation::transactions::send_transaction_message;
 
-use crate::{App, Error, Result, ruma_wrapper::{Ruma, RouterExt}};
+use crate::{
+    App, Error, Result,
+    ruma_wrapper::{RouterExt, Ruma},
+};
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router.ruma::<send_transaction_message::v1::Request, _, _>(send)

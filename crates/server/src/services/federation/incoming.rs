@@ -203,7 +203,9 @@ impl App {
         // and left out of `auth_events`; the rules still read it.
         let mut auth_state = auth_state;
         if let Some(create) = self.add_create_event(&room_id, &mut loaded).await? {
-            auth_state.entry((StateEventType::RoomCreate, String::new())).or_insert(create);
+            auth_state
+                .entry((StateEventType::RoomCreate, String::new()))
+                .or_insert(create);
         }
         if let Err(reason) = auth::check(&version.rules, &pdu, &auth_state, &loaded) {
             return self.reject(&pdu, PduRejection::AuthEvents(reason)).await;
@@ -256,11 +258,13 @@ impl App {
             if others.is_empty() {
                 Some(after)
             } else {
+                tracing::debug!(event = %pdu.event_id, ?others, "resolving the room's state over its extremities");
                 let mut states = self.states_after(&others).await?;
                 states.push(after);
                 Some(self.resolve_states(version, states).await?)
             }
         };
+        tracing::debug!(event = %pdu.event_id, kind = %pdu.kind, soft_failed, prev = ?pdu.prev_events, "accepted event");
         let unsigned = pdu.state_key.as_ref().and_then(|sk| {
             state_before
                 .get(&(pdu.kind.to_string().into(), sk.clone()))

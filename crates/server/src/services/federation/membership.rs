@@ -346,7 +346,13 @@ impl App {
         Err(last)
     }
 
-    async fn knock_through(&self, room_id: &RoomId, user: &UserId, reason: Option<String>, server: &ServerName) -> Result<()> {
+    async fn knock_through(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<String>,
+        server: &ServerName,
+    ) -> Result<()> {
         let mut req = prepare_knock_event::v1::Request::new(room_id.to_owned(), user.to_owned());
         req.ver = supported_versions();
         let res = self.federation_request(server, req).await?;

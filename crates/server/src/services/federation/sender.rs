@@ -78,7 +78,13 @@ impl App {
     /// A server reached us: if it was backing off, it is back, and what
     /// waits for it goes now instead of at the next retry.
     pub async fn destination_seen(&self, server: &ServerName) {
-        if !self.fed_sender.failing.lock().expect("sender lock").remove(server.as_str()) {
+        if !self
+            .fed_sender
+            .failing
+            .lock()
+            .expect("sender lock")
+            .remove(server.as_str())
+        {
             return;
         }
         if self.store.outbox_retry_now(Some(server.to_string())).await.is_ok() {
@@ -169,7 +175,11 @@ impl App {
                     }
                 }
                 Err(e) => {
-                    self.fed_sender.failing.lock().expect("sender lock").insert(dest.to_owned());
+                    self.fed_sender
+                        .failing
+                        .lock()
+                        .expect("sender lock")
+                        .insert(dest.to_owned());
                     let failures = self.store.outbox_failed(dest.to_owned(), now_ms()).await.unwrap_or(0);
                     tracing::info!(failures, "transaction to {dest} failed: {e}");
                     break;
