@@ -487,8 +487,43 @@ async fn conflicting_state_converges() {
     assert_eq!(alice.ok("GET", &name_path, None).await["name"], "A");
     assert_eq!(bob.ok("GET", &name_path, None).await["name"], "B");
 
-    // Heal, and make both sides talk.
+    // Heal. Each server gets the other's name event as the backlog is sent
+    // (B at its start, A when B reaches it), and resolves the fork at once:
+    // both must agree before anything else is sent.
     b.restart_with_allowed(None).await;
+    let (ea, eb) = (
+        ra.body["event_id"].as_str().expect("event id").to_owned(),
+        rb.body["event_id"].as_str().expect("event id").to_owned(),
+    );
+    let deadline = Instant::now() + FEDERATION_WAIT;
+    loop {
+        let a_has = alice
+            .call(
+                "GET",
+                &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&eb)),
+                None,
+            )
+            .await;
+        let b_has = bob
+            .call(
+                "GET",
+                &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&ea)),
+                None,
+            )
+            .await;
+        if a_has.status == 200 && b_has.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the name events did not cross");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (na, nb) = (
+        alice.ok("GET", &name_path, None).await["name"].clone(),
+        bob.ok("GET", &name_path, None).await["name"].clone(),
+    );
+    assert_eq!(na, nb, "the servers resolved the fork differently");
+
+    // Then make both sides talk.
     assert_eq!(
         alice.send_text(&room, "a1", "after the split, from A").await.status,
         200

@@ -141,11 +141,11 @@ impl App {
         // cannot be checked, and are not this server's business yet.
         match self.has_local_member(&room_id).await {
             Ok(true) => {}
-            Ok(false) => return (None, Err(PduRejection::UnknownRoom)),
-            Err(e) => return (None, Err(e.into())),
+            Ok(false) => return (event_id_of(&version, raw), Err(PduRejection::UnknownRoom)),
+            Err(e) => return (event_id_of(&version, raw), Err(e.into())),
         }
         if let Err(e) = self.check_server_acl(&room_id, origin).await {
-            return (None, Err(PduRejection::Acl(e.to_string())));
+            return (event_id_of(&version, raw), Err(PduRejection::Acl(e.to_string())));
         }
         let pdu = match self.verify_pdu(&version, &room_id, raw).await {
             Ok(p) => p,
@@ -220,7 +220,7 @@ impl App {
             self.store.current_state_ids(room_id.to_string()).await?
         } else {
             let states = self.states_after(&prevs).await?;
-            self.resolve_states(version, states).await?
+            self.resolve_states(version, states, &[]).await?
         };
         self.load_state_events(version, &state_before, &pdu, &mut loaded)
             .await?;
@@ -261,7 +261,8 @@ impl App {
                 tracing::debug!(event = %pdu.event_id, ?others, "resolving the room's state over its extremities");
                 let mut states = self.states_after(&others).await?;
                 states.push(after);
-                Some(self.resolve_states(version, states).await?)
+                // The event is not stored yet: resolution must still see it.
+                Some(self.resolve_states(version, states, std::slice::from_ref(&pdu)).await?)
             }
         };
         tracing::debug!(event = %pdu.event_id, kind = %pdu.kind, soft_failed, prev = ?pdu.prev_events, "accepted event");

@@ -67,9 +67,14 @@ impl Graph {
 
 impl App {
     /// Loads the events and their whole auth chains into memory.
-    async fn load_graph(&self, roots: impl IntoIterator<Item = OwnedEventId>) -> Result<Graph> {
-        let mut events: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    /// `extra` are events not stored yet (the one being received): without
+    /// them, resolution would drop them as unknown.
+    async fn load_graph(&self, roots: impl IntoIterator<Item = OwnedEventId>, extra: &[Pdu]) -> Result<Graph> {
+        let mut events: HashMap<OwnedEventId, Pdu> = extra.iter().map(|p| (p.event_id.clone(), p.clone())).collect();
         let mut wanted: Vec<OwnedEventId> = roots.into_iter().collect();
+        for p in extra {
+            wanted.extend(p.auth_events.iter().cloned());
+        }
         while !wanted.is_empty() {
             let batch: Vec<String> = wanted
                 .drain(..)
@@ -89,8 +94,9 @@ impl App {
         Ok(Graph { events })
     }
 
-    /// Resolves several states of a room into one.
-    pub async fn resolve_states(&self, version: &RoomVersion, maps: Vec<StateMap>) -> Result<StateMap> {
+    /// Resolves several states of a room into one. Events of the states
+    /// that are not stored yet must be in `extra`.
+    pub async fn resolve_states(&self, version: &RoomVersion, maps: Vec<StateMap>, extra: &[Pdu]) -> Result<StateMap> {
         if maps.is_empty() {
             return Ok(StateMap::new());
         }
@@ -98,7 +104,7 @@ impl App {
             return Ok(maps.into_iter().next().unwrap_or_default());
         }
         let roots: HashSet<OwnedEventId> = maps.iter().flat_map(|m| m.values().cloned()).collect();
-        let graph = self.load_graph(roots).await?;
+        let graph = self.load_graph(roots, extra).await?;
         let auth_chains: Vec<HashSet<OwnedEventId>> = maps
             .iter()
             .map(|m| {
