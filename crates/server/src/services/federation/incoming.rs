@@ -20,13 +20,16 @@ use missive_core::{
 use missive_store::{NewRoomEvent, StoreError, federation::RemoteAppend};
 use ruma::{
     CanonicalJsonObject, OwnedEventId, OwnedRoomId, RoomId, ServerName, UInt,
-    api::federation::event::{get_event, get_missing_events},
+    api::federation::event::{get_event, get_missing_events, get_room_state},
     events::StateEventType,
     signatures::Verified,
 };
 use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{App, Error, Result, services::rooms::RoomVersion};
+
+/// At most this many missing prev_events have their state fetched.
+const MAX_REMOTE_STATES: usize = 4;
 
 /// How many missing events are asked for to fill one gap.
 const MISSING_EVENTS_LIMIT: u32 = 50;
@@ -213,13 +216,29 @@ impl App {
 
         // 4. The state before the event.
         let prevs: Vec<OwnedEventId> = self.timeline_events(&pdu.prev_events).await?;
-        let state_before = if prevs.is_empty() {
-            // No ancestor is known even after asking: the current state is
-            // the best estimate (the event passed its own auth events).
-            tracing::debug!(event = %pdu.event_id, "no prev_events known; checking against the current state");
+        let mut states = self.states_after(&prevs).await?;
+        // A prev_event still unknown after asking for the gap: its state
+        // comes from the sender (`/state`), each event checked, so that
+        // the other side of a fork is not left out of the resolution.
+        for missing in pdu
+            .prev_events
+            .iter()
+            .filter(|p| !prevs.contains(p))
+            .take(MAX_REMOTE_STATES)
+        {
+            match self.remote_state_after(version, &room_id, missing, origin).await {
+                Ok(state) => states.push(state),
+                Err(e) => {
+                    tracing::info!(event = %pdu.event_id, prev = %missing, "state at a missing prev_event unavailable from {origin}: {e}")
+                }
+            }
+        }
+        let state_before = if states.is_empty() {
+            // Nothing known of the event's past: the current state is the
+            // best estimate (the event passed its own auth events).
+            tracing::info!(event = %pdu.event_id, "no state known before the event; checking against the current state");
             self.store.current_state_ids(room_id.to_string()).await?
         } else {
-            let states = self.states_after(&prevs).await?;
             self.resolve_states(version, states, &[]).await?
         };
         self.load_state_events(version, &state_before, &pdu, &mut loaded)
@@ -305,6 +324,55 @@ impl App {
             self.queue_push(&pdu);
         }
         Ok(())
+    }
+
+    /// The room state after `event_id` as `origin` holds it: `/state` at
+    /// the event (the state before it) plus the event itself, every event
+    /// verified and kept as an outlier.
+    async fn remote_state_after(
+        &self,
+        version: &RoomVersion,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+        origin: &ServerName,
+    ) -> Result<StateMap, PduRejection> {
+        let res = self
+            .federation_request(
+                origin,
+                get_room_state::v1::Request::new(event_id.clone(), room_id.to_owned()),
+            )
+            .await?;
+        let prev = self
+            .federation_request(origin, get_event::v1::Request::new(event_id.clone()))
+            .await?;
+        let prev = self.verify_pdu(version, room_id, &prev.pdu).await?;
+        if prev.event_id != *event_id {
+            return Err(PduRejection::Invalid(format!(
+                "{origin} sent another event for {event_id}"
+            )));
+        }
+        let mut state = StateMap::new();
+        let mut keep = vec![];
+        for raw in res.auth_chain.iter().chain(res.pdus.iter()) {
+            match self.verify_pdu(version, room_id, raw).await {
+                Ok(p) => keep.push(p),
+                Err(e) => tracing::info!(room = %room_id, "state event from {origin} refused: {e}"),
+            }
+        }
+        for raw in &res.pdus {
+            if let Some(id) = event_id_of(version, raw)
+                && let Some(p) = keep.iter().find(|p| p.event_id == id)
+                && let Some(sk) = &p.state_key
+            {
+                state.insert((p.kind.to_string().into(), sk.clone()), p.event_id.clone());
+            }
+        }
+        if let Some(sk) = &prev.state_key {
+            state.insert((prev.kind.to_string().into(), sk.clone()), prev.event_id.clone());
+        }
+        keep.push(prev);
+        self.store.store_outliers(keep, None).await?;
+        Ok(state)
     }
 
     async fn reject(&self, pdu: &Pdu, why: PduRejection) -> Result<(), PduRejection> {
