@@ -563,13 +563,7 @@ pub(crate) fn insert_room(tx: &Connection<'_>, room_id: &str, r: &crate::NewRoom
         "INSERT INTO rooms (room_id, room_version, creator) VALUES (?1, ?2, ?3)",
         params![room_id, r.room_version, r.creator],
     )
-    .map_err(|e| {
-        if e.is_unique_violation() {
-            StoreError::Exists
-        } else {
-            e.into()
-        }
-    })?;
+    .map_err(exists_or_db)?;
     Ok(())
 }
 
@@ -712,13 +706,7 @@ pub(crate) fn insert_event(tx: &Connection<'_>, pos: i64, ev: &NewRoomEvent, gro
             txn_id,
         ],
     )
-    .map_err(|e| {
-        if e.is_unique_violation() {
-            StoreError::Exists
-        } else {
-            e.into()
-        }
-    })?;
+    .map_err(exists_or_db)?;
     for media_id in &ev.media_refs {
         tx.execute(
             "INSERT INTO media_refs (media_id, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
@@ -772,4 +760,13 @@ pub(crate) fn set_current(
         )?;
     }
     Ok(())
+}
+
+/// A unique violation means the row (room, event) is there already.
+fn exists_or_db(e: crate::db::DbError) -> StoreError {
+    if e.is_unique_violation() {
+        StoreError::Exists
+    } else {
+        e.into()
+    }
 }

@@ -51,7 +51,8 @@ impl std::fmt::Display for SyncToken {
     }
 }
 
-const STRIPPED_STATE: &[&str] = &[
+/// The state event types shown with an invite or knock (here and to other servers).
+pub(crate) const STRIPPED_STATE: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",

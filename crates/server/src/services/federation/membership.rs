@@ -27,17 +27,6 @@ pub fn supported_versions() -> Vec<RoomVersionId> {
     vec![RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12]
 }
 
-/// The state event types sent with an invite, for the invitee's client.
-const INVITE_STATE: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-];
-
 fn to_raw(obj: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
     serde_json::value::to_raw_value(obj).map_err(|e| Error::Internal(e.to_string()))
 }
@@ -88,6 +77,33 @@ struct Template {
 impl App {
     // ---- This server's users in rooms held elsewhere ----
 
+    /// Our user's membership event on another server's make_join/leave/knock
+    /// template, signed by this server.
+    fn member_event_from_template(
+        &self,
+        version: &RoomVersion,
+        room_id: &RoomId,
+        user: &UserId,
+        content: Value,
+        template: Template,
+    ) -> Result<Pdu> {
+        build_pdu(
+            &version.rules,
+            self.server_name.as_str(),
+            &self.key,
+            user,
+            NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content),
+            Prev {
+                room_id: Some(room_id),
+                prev_events: template.prev_events,
+                auth_events: template.auth_events,
+                depth: template.depth,
+            },
+            MilliSecondsSinceUnixEpoch::now(),
+        )
+        .map_err(|e| Error::bad_json(e.to_string()))
+    }
+
     /// Joins `user` to a room through one of `servers` (make_join, then
     /// send_join), storing the room's state as received.
     pub async fn join_remote(&self, room_id: &RoomId, user: &UserId, servers: &[OwnedServerName]) -> Result<()> {
@@ -113,29 +129,15 @@ impl App {
         let res = self.federation_request(server, req).await?;
         let version_id = res.room_version.unwrap_or(RoomVersionId::V1);
         let version = RoomVersion::parse(version_id.as_str())?;
-        let template: Template =
+        let mut template: Template =
             serde_json::from_str(res.event.get()).map_err(|e| Error::bad_json(format!("join template: {e}")))?;
         if template.room_id != room_id {
             return Err(Error::bad_json("join template for another room"));
         }
-        let mut content = Value::Object(template.content);
+        let mut content = Value::Object(std::mem::take(&mut template.content));
         content["membership"] = "join".into();
         self.add_profile(user, &mut content).await?;
-        let pdu = build_pdu(
-            &version.rules,
-            self.server_name.as_str(),
-            &self.key,
-            user,
-            NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content),
-            Prev {
-                room_id: Some(room_id),
-                prev_events: template.prev_events,
-                auth_events: template.auth_events,
-                depth: template.depth,
-            },
-            MilliSecondsSinceUnixEpoch::now(),
-        )
-        .map_err(|e| Error::bad_json(e.to_string()))?;
+        let pdu = self.member_event_from_template(&version, room_id, user, content, template)?;
         let send = create_join_event::v2::Request::new(room_id.to_owned(), pdu.event_id.clone(), pdu.json.clone());
         let res = self.federation_request(server, send).await?.room_state;
         // A restricted join comes back signed by the resident server too.
@@ -235,21 +237,7 @@ impl App {
                 if let Some(r) = reason {
                     content["reason"] = r.into();
                 }
-                let pdu = build_pdu(
-                    &version.rules,
-                    self.server_name.as_str(),
-                    &self.key,
-                    user,
-                    NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content),
-                    Prev {
-                        room_id: Some(room_id),
-                        prev_events: template.prev_events,
-                        auth_events: template.auth_events,
-                        depth: template.depth,
-                    },
-                    MilliSecondsSinceUnixEpoch::now(),
-                )
-                .map_err(|e| Error::bad_json(e.to_string()))?;
+                let pdu = self.member_event_from_template(&version, room_id, user, content, template)?;
                 let send =
                     create_leave_event::v2::Request::new(room_id.to_owned(), pdu.event_id.clone(), pdu.json.clone());
                 self.federation_request(&server, send).await?;
@@ -311,7 +299,7 @@ impl App {
     /// (the form the spec requires since Matrix 1.16), with `sender`'s membership.
     pub async fn invite_state(&self, room_id: &RoomId, sender: &UserId) -> Result<Vec<RawStrippedState>> {
         let state = self.store.current_state_ids(room_id.to_string()).await?;
-        let mut ids: Vec<String> = INVITE_STATE
+        let mut ids: Vec<String> = crate::services::sync::STRIPPED_STATE
             .iter()
             .filter_map(|t| state.get(&((*t).into(), String::new())))
             .map(|e| e.to_string())
@@ -364,21 +352,7 @@ impl App {
             content["reason"] = r.into();
         }
         self.add_profile(user, &mut content).await?;
-        let pdu = build_pdu(
-            &version.rules,
-            self.server_name.as_str(),
-            &self.key,
-            user,
-            NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content),
-            Prev {
-                room_id: Some(room_id),
-                prev_events: template.prev_events,
-                auth_events: template.auth_events,
-                depth: template.depth,
-            },
-            MilliSecondsSinceUnixEpoch::now(),
-        )
-        .map_err(|e| Error::bad_json(e.to_string()))?;
+        let pdu = self.member_event_from_template(&version, room_id, user, content, template)?;
         let send = create_knock_event::v1::Request::new(room_id.to_owned(), pdu.event_id.clone(), pdu.json.clone());
         let res = self.federation_request(server, send).await?;
         self.store
