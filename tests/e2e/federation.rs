@@ -836,3 +836,69 @@ async fn openid_tokens() {
     .await;
     assert_eq!(status, 401);
 }
+
+/// Another server sees a space's public children, and only learns the IDs
+/// of those it may not see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_space_hierarchy() {
+    let fake = FakeServer::start().await;
+    let a = FedServer::start().await;
+    let alice = Raw::register(&a, "alice").await;
+    let dest = a.server_name().to_owned();
+    let space = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Ministère", "creation_content": { "type": "m.space" } }))
+        .await;
+    let open = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Ouvert" }))
+        .await;
+    let closed = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Fermé" }))
+        .await;
+    for child in [&open, &closed] {
+        alice
+            .ok(
+                "PUT",
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
+                    enc(&space),
+                    enc(child)
+                ),
+                Some(json!({ "via": [dest.clone()] })),
+            )
+            .await;
+    }
+    let (status, body) = fake
+        .request(
+            "GET",
+            &dest,
+            &format!("/_matrix/federation/v1/hierarchy/{}", enc(&space)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room"]["room_id"], space.as_str());
+    assert_eq!(
+        body["room"]["children_state"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+    let children: Vec<&str> = body["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .filter_map(|c| c["room_id"].as_str())
+        .collect();
+    assert_eq!(children, vec![open.as_str()], "{body}");
+    assert_eq!(body["inaccessible_children"], json!([closed]), "{body}");
+
+    // The private room itself is not shown to a server with nobody in it.
+    let (status, body) = fake
+        .request(
+            "GET",
+            &dest,
+            &format!("/_matrix/federation/v1/hierarchy/{}", enc(&closed)),
+            None,
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+}

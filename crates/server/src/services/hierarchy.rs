@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use ruma::{OwnedRoomId, RoomId, UserId, api::client::space::SpaceHierarchyRoomsChunk, serde::Raw};
+use ruma::{OwnedRoomId, RoomId, ServerName, UserId, api::client::space::SpaceHierarchyRoomsChunk, serde::Raw};
 use serde_json::{Value, json};
 
 use crate::{App, Error, Result, services::directory::RoomInfo};
@@ -126,6 +126,61 @@ impl App {
             }
         }
         Ok((out, None))
+    }
+
+    /// A space and its direct children as another server may see them
+    /// (`GET /_matrix/federation/v1/hierarchy/{roomId}`): rooms it could
+    /// join or peek are summarised, the others listed as inaccessible.
+    pub async fn federation_hierarchy(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        suggested_only: bool,
+    ) -> Result<ruma::api::federation::space::get_hierarchy::v1::Response> {
+        use ruma::api::federation::space::{SpaceHierarchyParentSummary, get_hierarchy};
+        self.check_server_acl(room_id, origin).await?;
+        let info = match self.room_info(room_id).await? {
+            Some(i) if self.server_may_preview(origin, &i).await? => i,
+            _ => return Err(Error::not_found("Unknown room, or not one your server may see")),
+        };
+        let children = if info.is_space() {
+            self.space_children(room_id).await?
+        } else {
+            vec![]
+        };
+        let state = children
+            .iter()
+            .filter_map(|c| serde_json::value::to_raw_value(&c.event).ok().map(Raw::from_json))
+            .collect();
+        let mut res = get_hierarchy::v1::Response::new(SpaceHierarchyParentSummary::new(info.summary, state));
+        for c in children.into_iter().filter(|c| !suggested_only || c.suggested) {
+            match self.room_info(&c.room_id).await? {
+                Some(i) if self.server_may_preview(origin, &i).await? => res.children.push(i.summary),
+                Some(_) => res.inaccessible_children.push(c.room_id),
+                // Not a room this server is in: it cannot say.
+                None => {}
+            }
+        }
+        Ok(res)
+    }
+
+    /// Whether a server may see a room's summary: anyone may see a room
+    /// that is world-readable or that one can join or knock on without an
+    /// invite; otherwise only a server with a member in it.
+    async fn server_may_preview(&self, server: &ServerName, info: &RoomInfo) -> Result<bool> {
+        use ruma::room::JoinRuleSummary;
+        if info.summary.world_readable
+            || matches!(
+                info.summary.join_rule,
+                JoinRuleSummary::Public
+                    | JoinRuleSummary::Knock
+                    | JoinRuleSummary::KnockRestricted(_)
+                    | JoinRuleSummary::Restricted(_)
+            )
+        {
+            return Ok(true);
+        }
+        self.server_in_room(&info.summary.room_id, server).await
     }
 
     /// A space's children: its `m.space.child` events with a non-empty

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod query;
+pub mod space;
 pub mod transactions;
 
 /// Every federation endpoint (`/_matrix/federation/…`, `/_matrix/key/…`).
@@ -20,5 +21,6 @@ pub fn routes(router: Router<App>) -> Router<App> {
     let router = membership::routes(router);
     let router = events::routes(router);
     let router = query::routes(router);
+    let router = space::routes(router);
     media::routes(router)
 }

@@ -1,6 +1,6 @@
 //! Queries from other servers: profiles, room aliases, the public room
 //! directory, users' devices and end-to-end encryption keys, and who an
-//! OpenID token stands for. `GET /hierarchy/{roomId}` is not served.
+//! OpenID token stands for.
 
 use axum::Router;
 use ruma::api::federation::{
