@@ -902,3 +902,79 @@ async fn federation_space_hierarchy() {
         .await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
 }
+
+/// The signing key is replaced with `missive admin rotate-signing-key`: the
+/// new key signs, the old one stays published as expired, and another
+/// server in a shared room takes the new events without a pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_rotation() {
+    let mut a = FedServer::start().await;
+    let b = FedServer::start().await;
+    let alice = Raw::register(&a, "alice").await;
+    let bob = Raw::register(&b, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.ok(
+        "POST",
+        &format!(
+            "/_matrix/client/v3/join/{}?server_name={}",
+            enc(&room),
+            enc(a.server_name())
+        ),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        alice.send_text(&room, "k1", "signed by the first key").await.status,
+        200
+    );
+    wait_plain_text(&bob, &room, "signed by the first key").await;
+
+    let keys_url = format!("{}/_matrix/key/v2/server", a.fed_url());
+    let before: Value = test_ca()
+        .client()
+        .get(&keys_url)
+        .send()
+        .await
+        .expect("keys")
+        .json()
+        .await
+        .expect("json");
+    let old_id = before["verify_keys"]
+        .as_object()
+        .expect("keys")
+        .keys()
+        .next()
+        .expect("a key")
+        .clone();
+
+    a.stop().await;
+    let out = a.admin(&["rotate-signing-key"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    a.start_again().await;
+
+    let after: Value = test_ca()
+        .client()
+        .get(&keys_url)
+        .send()
+        .await
+        .expect("keys")
+        .json()
+        .await
+        .expect("json");
+    let new_ids: Vec<&String> = after["verify_keys"].as_object().expect("keys").keys().collect();
+    assert_eq!(new_ids.len(), 1, "{after}");
+    assert_ne!(new_ids[0], &old_id, "{after}");
+    assert!(
+        after["old_verify_keys"][&old_id]["expired_ts"].as_u64().is_some(),
+        "{after}"
+    );
+    assert_eq!(
+        after["old_verify_keys"][&old_id]["key"],
+        before["verify_keys"][&old_id]["key"]
+    );
+
+    assert_eq!(alice.send_text(&room, "k2", "signed by the new key").await.status, 200);
+    wait_plain_text(&bob, &room, "signed by the new key").await;
+    assert_eq!(bob.send_text(&room, "k3", "and back").await.status, 200);
+    wait_plain_text(&alice, &room, "and back").await;
+}

@@ -66,6 +66,10 @@ enum Admin {
         #[arg(long)]
         before: Option<i64>,
     },
+    /// Replace the server's signing key (e.g. once a year, or if it may have
+    /// leaked). The old key stays published as expired, so other servers
+    /// still verify past events; restart every process afterwards.
+    RotateSigningKey,
     /// Copy an SQLite database into an empty PostgreSQL database (stop the server first).
     MigrateDb {
         /// The SQLite database: `sqlite://PATH`.
@@ -227,6 +231,22 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
             println!("{token}");
         }
         Admin::MigrateDb { .. } => unreachable!("handled before the store is opened"),
+        Admin::RotateSigningKey => {
+            use ruma::serde::{Base64, base64::Standard};
+            let old_id = format!("ed25519:{}", app.key.version());
+            let old_public = Base64::<Standard>::new(app.key.public_key().to_vec()).encode();
+            let version = format!("ed25519:{}", missive_server::services::accounts::random_string(6));
+            app.store
+                .rotate_signing_key(
+                    old_id.clone(),
+                    old_public,
+                    version.clone(),
+                    missive_core::signing_key::generate(),
+                    missive_server::services::accounts::now_ms(),
+                )
+                .await?;
+            println!("retired {old_id}; {version} signs once the server is restarted");
+        }
         Admin::Reports { limit, before } => {
             use missive_store::directory::ReportTarget;
             for r in app.store.reports(before, limit).await? {

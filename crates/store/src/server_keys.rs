@@ -83,6 +83,35 @@ impl Store {
         .await
     }
 
+    /// Retires this server's signing key for a new one, in one
+    /// transaction: the old key's public half goes to `old_server_keys`
+    /// (other servers still verify old events with it), the new key
+    /// becomes the one `signing_key` returns. Processes pick it up when
+    /// they start.
+    pub async fn rotate_signing_key(
+        &self,
+        old_key_id: String,
+        old_public_key: String,
+        new_version: String,
+        new_der: Vec<u8>,
+        now: i64,
+    ) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "INSERT INTO old_server_keys (key_id, public_key, expired_ts) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key_id) DO NOTHING",
+                params![old_key_id, old_public_key, now],
+            )?;
+            tx.execute("DELETE FROM server_keys", [])?;
+            tx.execute(
+                "INSERT INTO server_keys (version, der, created_ts) VALUES (?1, ?2, ?3)",
+                params![new_version, new_der, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// This server's retired keys.
     pub async fn old_server_keys(&self) -> Result<Vec<OldServerKey>> {
         self.read(|c| {

@@ -25,8 +25,9 @@ use crate::{App, Error, Result, services::accounts::now_ms};
 /// How long another server's key is trusted at most, whatever it says
 /// (the spec's cap).
 const MAX_KEY_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
-/// After a successful fetch, how soon a server's keys may be fetched again.
-const REFETCH_AFTER_SUCCESS: Duration = Duration::from_secs(60);
+/// After a fetch that did not give the wanted key, how soon the server's
+/// keys may be fetched again (a flood of unknown key IDs costs one fetch).
+const REFETCH_AFTER_MISSING: Duration = Duration::from_secs(60);
 /// After a failed fetch: sooner, since the server may just be starting.
 const REFETCH_AFTER_FAILURE: Duration = Duration::from_secs(10);
 /// The most servers whose keys are fetched for one signed object: a
@@ -44,8 +45,18 @@ pub struct KeyCache {
     fetches: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<LastFetch>>>>,
 }
 
-/// When a server's keys were last fetched, and whether that worked.
-type LastFetch = Option<(Instant, bool)>;
+/// When a server's keys were last fetched, and how it went.
+type LastFetch = Option<(Instant, FetchOutcome)>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FetchOutcome {
+    /// The server answered with the key that was wanted: a later need for
+    /// another key (the server rotated its key) may fetch again at once.
+    Found,
+    /// The server answered without the wanted key: not asked again soon.
+    Missing,
+    Failed,
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -237,25 +248,31 @@ impl App {
         if satisfied(&rows) {
             return Ok(rows);
         }
-        if let Some((at, ok)) = *last {
-            let wait = if ok {
-                REFETCH_AFTER_SUCCESS
-            } else {
-                REFETCH_AFTER_FAILURE
+        if let Some((at, outcome)) = *last {
+            let wait = match outcome {
+                FetchOutcome::Found => Duration::ZERO,
+                FetchOutcome::Missing => REFETCH_AFTER_MISSING,
+                FetchOutcome::Failed => REFETCH_AFTER_FAILURE,
             };
             if at.elapsed() < wait {
                 return Ok(rows);
             }
         }
-        let result = self.fetch_server_keys(server).await;
-        *last = Some((Instant::now(), result.is_ok()));
-        match result {
+        match self.fetch_server_keys(server).await {
             Ok((obj, new_rows)) => {
                 self.store.store_server_keys(new_rows).await?;
                 lock(&self.federation.keys.responses).insert(server.to_owned(), obj);
-                self.load_server_keys(server).await
+                let rows = self.load_server_keys(server).await?;
+                let outcome = if satisfied(&rows) {
+                    FetchOutcome::Found
+                } else {
+                    FetchOutcome::Missing
+                };
+                *last = Some((Instant::now(), outcome));
+                Ok(rows)
             }
             Err(e) => {
+                *last = Some((Instant::now(), FetchOutcome::Failed));
                 tracing::warn!(%server, error = %e, "could not fetch a server's keys");
                 Ok(rows)
             }
