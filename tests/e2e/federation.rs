@@ -978,3 +978,130 @@ async fn signing_key_rotation() {
     assert_eq!(bob.send_text(&room, "k3", "and back").await.status, 200);
     wait_plain_text(&alice, &room, "and back").await;
 }
+
+/// Malformed requests from a well-authenticated server get the spec's
+/// errors, never a server error, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_federation_requests() {
+    let fake = FakeServer::start().await;
+    let a = FedServer::start().await;
+    let alice = Raw::register(&a, "alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(alice.send_text(&room, "m1", "before").await.status, 200);
+    let dest = a.server_name().to_owned();
+    let before = timeline_ids(&alice, &room, 50).await;
+
+    // A transaction of junk: each PDU and EDU is refused on its own.
+    let (status, body) = fake
+        .request(
+            "PUT",
+            &dest,
+            "/_matrix/federation/v1/send/junk1",
+            Some(json!({
+                "origin": fake.name,
+                "origin_server_ts": now_ms(),
+                "pdus": [42, "text", {}, { "room_id": "!nowhere:elsewhere", "type": "m.room.message" },
+                         { "room_id": room, "type": "m.room.message", "content": "not an object" }],
+                "edus": [7, { "edu_type": "m.typing", "content": "nope" }, { "edu_type": "m.unknown" },
+                         { "edu_type": "m.receipt", "content": { (room.clone()): { "m.read": 5 } } }],
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Over the spec's bounds.
+    let many: Vec<Value> = (0..51).map(|_| json!({})).collect();
+    let (status, body) = fake
+        .request(
+            "PUT",
+            &dest,
+            "/_matrix/federation/v1/send/junk2",
+            Some(json!({ "origin": fake.name, "origin_server_ts": now_ms(), "pdus": many })),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+    // Another origin in the body than the one that signed.
+    let (status, _) = fake
+        .request(
+            "PUT",
+            &dest,
+            "/_matrix/federation/v1/send/junk3",
+            Some(json!({ "origin": "elsewhere.example", "origin_server_ts": now_ms(), "pdus": [] })),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // Wrong types.
+    let (status, body) = fake
+        .request(
+            "PUT",
+            &dest,
+            "/_matrix/federation/v1/send/junk4",
+            Some(json!({ "origin": fake.name, "origin_server_ts": "yesterday", "pdus": {} })),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+
+    // Joins: unknown room, another server's user, garbage event.
+    let fake_user = format!("@mallory:{}", fake.name);
+    let (status, _) = fake
+        .request(
+            "GET",
+            &dest,
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+                enc("!nowhere:elsewhere"),
+                enc(&fake_user)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = fake
+        .request(
+            "GET",
+            &dest,
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+                enc(&room),
+                enc(&alice.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let (status, body) = fake
+        .request(
+            "PUT",
+            &dest,
+            &format!("/_matrix/federation/v2/send_join/{}/{}", enc(&room), enc("$nothing")),
+            Some(json!({ "type": "m.room.member", "content": 3 })),
+        )
+        .await;
+    assert!(status == 400 || status == 403, "{status} {body}");
+    let (status, _) = fake
+        .request(
+            "GET",
+            &dest,
+            &format!("/_matrix/federation/v1/event/{}", enc("$nothing")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = fake
+        .request(
+            "GET",
+            &dest,
+            &format!(
+                "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                enc("!nowhere:elsewhere"),
+                enc("$x")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Nothing changed, and the server still works.
+    assert_eq!(timeline_ids(&alice, &room, 50).await, before);
+    assert_eq!(alice.send_text(&room, "m2", "after").await.status, 200);
+}
