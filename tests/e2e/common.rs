@@ -119,6 +119,20 @@ impl TestServer {
         Self::start_on(self.data.clone(), self.database.clone(), &env).await
     }
 
+    /// As [`start_sibling`](Self::start_sibling), with some variables
+    /// replaced (a process's own listener addresses).
+    pub async fn start_sibling_with(&self, overrides: &[(&str, &str)]) -> TestServer {
+        assert!(self.database.is_some(), "several processes need PostgreSQL");
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+            .chain(overrides.iter().copied())
+            .collect();
+        Self::start_on(self.data.clone(), self.database.clone(), &env).await
+    }
+
     /// Starts a server on SQLite, whatever `MISSIVE_TEST_POSTGRES` says.
     pub async fn start_sqlite(env: &[(&str, &str)]) -> TestServer {
         let data = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));

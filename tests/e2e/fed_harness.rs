@@ -219,6 +219,16 @@ impl FedServer {
         &self.name
     }
 
+    /// A second process of this server on its PostgreSQL database, with a
+    /// federation listener of its own (other servers keep reaching the
+    /// first: the server name names its port) so that it sends too.
+    pub async fn start_sibling(&self) -> TestServer {
+        let listen = format!("127.0.0.1:{}", free_port());
+        self.server
+            .start_sibling_with(&[("MISSIVE_FEDERATION_LISTEN", &listen)])
+            .await
+    }
+
     /// The client API base URL (plain HTTP).
     pub fn url(&self) -> &str {
         &self.server.url

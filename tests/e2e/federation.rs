@@ -1105,3 +1105,71 @@ async fn malformed_federation_requests() {
     assert_eq!(timeline_ids(&alice, &room, 50).await, before);
     assert_eq!(alice.send_text(&room, "m2", "after").await.status, 200);
 }
+
+/// Two processes of one server on PostgreSQL share its federation queues:
+/// every event sent on either reaches the other server exactly once, in
+/// the order it was sent, and the other server's events reach both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_the_federation_queues() {
+    if std::env::var("MISSIVE_TEST_POSTGRES").map_or(true, |v| v.is_empty()) {
+        eprintln!("skipped: several processes need PostgreSQL (set MISSIVE_TEST_POSTGRES)");
+        return;
+    }
+    let a = FedServer::start().await;
+    let a2 = a.start_sibling().await;
+    let b = FedServer::start().await;
+    let alice = Raw::register(&a, "alice").await;
+    let carol = Raw::register(&a2, "carol").await;
+    let bob = Raw::register(&b, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    carol
+        .ok(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(json!({})),
+        )
+        .await;
+    bob.ok(
+        "POST",
+        &format!(
+            "/_matrix/client/v3/join/{}?server_name={}",
+            enc(&room),
+            enc(a.server_name())
+        ),
+        Some(json!({})),
+    )
+    .await;
+
+    let mut sent = vec![];
+    for i in 0..10 {
+        let (who, name) = if i % 2 == 0 {
+            (&alice, "alice")
+        } else {
+            (&carol, "carol")
+        };
+        let body = format!("{name} {i}");
+        let r = who.send_text(&room, &format!("t{i}"), &body).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        sent.push(body);
+    }
+    wait_plain_text(&bob, &room, "carol 9").await;
+    let seen: Vec<String> = bob
+        .ok(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room)),
+            None,
+        )
+        .await["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .rev()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(seen, sent, "bob's server got each event once, in order");
+
+    assert_eq!(bob.send_text(&room, "b1", "from B").await.status, 200);
+    wait_plain_text(&alice, &room, "from B").await;
+    wait_plain_text(&carol, &room, "from B").await;
+}
