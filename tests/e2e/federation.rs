@@ -1173,3 +1173,57 @@ async fn two_processes_share_the_federation_queues() {
     wait_plain_text(&alice, &room, "from B").await;
     wait_plain_text(&carol, &room, "from B").await;
 }
+
+/// Joining a room held elsewhere brings its recent history along, shown
+/// as the room's history visibility allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_comes_with_a_join() {
+    let a = FedServer::start().await;
+    let b = FedServer::start().await;
+    let alice = Raw::register(&a, "alice").await;
+    let bob = Raw::register(&b, "bob").await;
+    let shared = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let joined_only = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } }],
+        }))
+        .await;
+    for room in [&shared, &joined_only] {
+        for i in 0..5 {
+            assert_eq!(
+                alice
+                    .send_text(room, &format!("h{i}"), &format!("history {i}"))
+                    .await
+                    .status,
+                200
+            );
+        }
+        bob.ok(
+            "POST",
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(room),
+                enc(a.server_name())
+            ),
+            Some(json!({})),
+        )
+        .await;
+    }
+    let bodies = |chunk: &Value| -> Vec<String> {
+        chunk["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .rev()
+            .filter(|e| e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let path = |room: &str| format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(room));
+    let got = bob.ok("GET", &path(&shared), None).await;
+    let want: Vec<String> = (0..5).map(|i| format!("history {i}")).collect();
+    assert_eq!(bodies(&got), want, "{got}");
+    let got = bob.ok("GET", &path(&joined_only), None).await;
+    assert!(bodies(&got).is_empty(), "history hidden before the join: {got}");
+}

@@ -238,6 +238,37 @@ impl Store {
         .await
     }
 
+    /// History from before this server joined a room, fetched from a
+    /// server in it: timeline events placed before the join (which the
+    /// caller appends next), all with the state at the join. They change
+    /// neither the forward extremities nor the current state. Events
+    /// already stored are left alone.
+    pub async fn append_history(&self, events: Vec<NewRoomEvent>, state: StateMap) -> Result<usize> {
+        self.write(move |tx, positions| {
+            let Some(first) = events.first() else {
+                return Ok(0);
+            };
+            let group = group_for_state(tx, first.pdu.room_id.as_str(), &state)?;
+            let mut n = 0;
+            for ev in &events {
+                let exists: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE event_id = ?1)",
+                    [ev.pdu.event_id.as_str()],
+                    |r| r.get(0),
+                )?;
+                if exists {
+                    continue;
+                }
+                let pos = positions.take();
+                insert_event(tx, pos, ev, group)?;
+                crate::search::index_event(tx, pos, &ev.pdu)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     /// The room's forward extremities with their state groups.
     pub async fn extremity_groups(&self, room_id: String) -> Result<Vec<(String, i64)>> {
         self.read(move |c| {

@@ -12,6 +12,7 @@ use missive_store::{NewRoom, NewRoomEvent, StoreError, federation::RemoteAppend}
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedServerName,
     RoomId, RoomVersionId, ServerName, UserId,
+    api::federation::backfill::get_backfill,
     api::federation::membership::{
         RawStrippedState, create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
         prepare_knock_event, prepare_leave_event,
@@ -21,6 +22,9 @@ use ruma::{
 use serde_json::{Value, json, value::RawValue as RawJsonValue};
 
 use crate::{App, Error, Result, services::rooms::RoomVersion};
+
+/// How many events of a room's history are fetched when joining it.
+const HISTORY_ON_JOIN: u32 = 50;
 
 /// The room versions this server can join.
 pub fn supported_versions() -> Vec<RoomVersionId> {
@@ -189,6 +193,14 @@ impl App {
         self.store
             .store_outliers(events.values().cloned().collect(), Some(new_room.clone()))
             .await?;
+        // Recent history, so that the room does not start at the join for
+        // members the room's history visibility lets read it.
+        let history = self
+            .history_before(&version, room_id, server, &join.prev_events, &create)
+            .await;
+        if !history.is_empty() {
+            self.store.append_history(history, state.clone()).await?;
+        }
         let mut after = state.clone();
         after.insert((StateEventType::RoomMember, user.to_string()), join.event_id.clone());
         let append = RemoteAppend {
@@ -211,6 +223,83 @@ impl App {
         }
         self.notify();
         Ok(())
+    }
+
+    /// Up to [`HISTORY_ON_JOIN`] events before `latest`, from `server`'s
+    /// `/backfill`, oldest first: each signed, hashed and allowed by its
+    /// own auth events. A failure only means less history.
+    async fn history_before(
+        &self,
+        version: &RoomVersion,
+        room_id: &RoomId,
+        server: &ServerName,
+        latest: &[OwnedEventId],
+        create: &Pdu,
+    ) -> Vec<NewRoomEvent> {
+        let req = get_backfill::v1::Request::new(room_id.to_owned(), latest.to_vec(), HISTORY_ON_JOIN.into());
+        let pdus = match self.federation_request(server, req).await {
+            Ok(r) => r.pdus,
+            Err(e) => {
+                tracing::info!(room = %room_id, "no history from {server}: {e}");
+                return vec![];
+            }
+        };
+        let mut verified: Vec<Pdu> = vec![];
+        for raw in pdus.iter().take(HISTORY_ON_JOIN as usize) {
+            match self.verify_pdu(version, room_id, raw).await {
+                Ok(p) => verified.push(p),
+                Err(e) => tracing::info!(room = %room_id, "history event from {server} refused: {e}"),
+            }
+        }
+        let by_id: HashMap<OwnedEventId, Pdu> = verified.iter().map(|p| (p.event_id.clone(), p.clone())).collect();
+        let mut out = vec![];
+        for p in verified {
+            let ids: Vec<String> = p.auth_events.iter().map(|e| e.to_string()).collect();
+            let mut auth: HashMap<OwnedEventId, Pdu> = match self.store.events(ids).await {
+                Ok(evs) => evs.into_iter().map(|e| (e.pdu.event_id.clone(), e.pdu)).collect(),
+                Err(_) => continue,
+            };
+            for a in &p.auth_events {
+                if let Some(e) = by_id.get(a) {
+                    auth.insert(a.clone(), e.clone());
+                }
+            }
+            let mut auth_state: StateMap = auth
+                .values()
+                .filter_map(|e| {
+                    e.state_key
+                        .as_ref()
+                        .map(|sk| ((e.kind.to_string().into(), sk.clone()), e.event_id.clone()))
+                })
+                .collect();
+            auth_state
+                .entry((StateEventType::RoomCreate, String::new()))
+                .or_insert(create.event_id.clone());
+            auth.insert(create.event_id.clone(), create.clone());
+            if let Err(reason) = auth::check(&version.rules, &p, &auth_state, &auth) {
+                tracing::info!(room = %room_id, event = %p.event_id, "history event not allowed: {reason}");
+                continue;
+            }
+            let (rel_type, relates_to) = crate::services::rooms::relation_of(&p);
+            out.push(NewRoomEvent {
+                pdu: p,
+                unsigned: None,
+                txn: None,
+                rel_type,
+                relates_to,
+                new_room: None,
+                media_refs: vec![],
+                federate_to: vec![],
+            });
+        }
+        out.sort_by(|a, b| {
+            a.pdu
+                .depth
+                .cmp(&b.pdu.depth)
+                .then(a.pdu.origin_server_ts.cmp(&b.pdu.origin_server_ts))
+                .then_with(|| a.pdu.event_id.cmp(&b.pdu.event_id))
+        });
+        out
     }
 
     /// Rejects an invite to a room this server is not in (make_leave and
