@@ -204,29 +204,15 @@ async fn timeline_ids(raw: &Raw, room: &str, limit: u32) -> Vec<String> {
 
 /// Waits until `raw`'s server has an `m.room.message` with `body` in `room`.
 async fn wait_plain_text(raw: &Raw, room: &str, body: &str) {
-    let deadline = Instant::now() + FEDERATION_WAIT;
-    loop {
-        let page = raw
-            .call(
-                "GET",
-                &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(room)),
-                None,
-            )
-            .await;
-        if page.status == 200
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(room));
+    eventually(&format!("{} to see {body:?} in {room}", raw.user_id), || async {
+        let page = raw.call("GET", &path, None).await;
+        page.status == 200
             && page.body["chunk"]
                 .as_array()
                 .is_some_and(|c| c.iter().any(|e| e["content"]["body"] == body))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never saw {body:?} in {room}",
-            raw.user_id
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,16 +446,7 @@ async fn conflicting_state_converges() {
     let mut power = alice.ok("GET", &pl_path, None).await;
     power["users"][bob.user_id.as_str()] = json!(100);
     alice.ok("PUT", &pl_path, Some(power)).await;
-    bob.ok(
-        "POST",
-        &format!(
-            "/_matrix/client/v3/join/{}?server_name={}",
-            enc(&room),
-            enc(a.server_name())
-        ),
-        Some(json!({})),
-    )
-    .await;
+    join_over(&bob, &room, a.server_name()).await;
     wait_joined_raw(&alice, &room, &bob.user_id).await;
 
     // Split: B refuses A, and will not send to it.
@@ -549,23 +526,37 @@ async fn conflicting_state_converges() {
     }
 }
 
-/// Waits until `raw`'s server lists `user` as joined to `room`.
-async fn wait_joined_raw(raw: &Raw, room: &str, user: &str) {
+/// `raw` joins `room` through `server` (a room held by another server).
+async fn join_over(raw: &Raw, room: &str, server: &str) {
+    raw.ok(
+        "POST",
+        &format!("/_matrix/client/v3/join/{}?server_name={}", enc(room), enc(server)),
+        Some(json!({})),
+    )
+    .await;
+}
+
+/// Polls `check` every 300 ms until it holds, for at most [`FEDERATION_WAIT`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = Instant::now() + FEDERATION_WAIT;
-    loop {
-        let r = raw
-            .call(
-                "GET",
-                &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room)),
-                None,
-            )
-            .await;
-        if r.status == 200 && !r.body["joined"][user].is_null() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{user} never joined {room} at {}", raw.base);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Waits until `raw`'s server lists `user` as joined to `room`.
+async fn wait_joined_raw(raw: &Raw, room: &str, user: &str) {
+    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room));
+    eventually(&format!("{user} to join {room} at {}", raw.base), || async {
+        let r = raw.call("GET", &path, None).await;
+        r.status == 200 && !r.body["joined"][user].is_null()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -913,16 +904,7 @@ async fn signing_key_rotation() {
     let alice = Raw::register(&a, "alice").await;
     let bob = Raw::register(&b, "bob").await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    bob.ok(
-        "POST",
-        &format!(
-            "/_matrix/client/v3/join/{}?server_name={}",
-            enc(&room),
-            enc(a.server_name())
-        ),
-        Some(json!({})),
-    )
-    .await;
+    join_over(&bob, &room, a.server_name()).await;
     assert_eq!(
         alice.send_text(&room, "k1", "signed by the first key").await.status,
         200
@@ -1129,16 +1111,7 @@ async fn two_processes_share_the_federation_queues() {
             Some(json!({})),
         )
         .await;
-    bob.ok(
-        "POST",
-        &format!(
-            "/_matrix/client/v3/join/{}?server_name={}",
-            enc(&room),
-            enc(a.server_name())
-        ),
-        Some(json!({})),
-    )
-    .await;
+    join_over(&bob, &room, a.server_name()).await;
 
     let mut sent = vec![];
     for i in 0..10 {
@@ -1199,16 +1172,7 @@ async fn history_comes_with_a_join() {
                 200
             );
         }
-        bob.ok(
-            "POST",
-            &format!(
-                "/_matrix/client/v3/join/{}?server_name={}",
-                enc(room),
-                enc(a.server_name())
-            ),
-            Some(json!({})),
-        )
-        .await;
+        join_over(&bob, room, a.server_name()).await;
     }
     let bodies = |chunk: &Value| -> Vec<String> {
         chunk["chunk"]
