@@ -291,6 +291,30 @@ pub enum RawBody {
 
 impl Raw {
     /// Registers a user through the user-interactive flow (dummy stage).
+    /// A new session (device) of an existing user, by password.
+    pub async fn login(server: &TestServer, username: &str) -> Raw {
+        let http = reqwest::Client::new();
+        let r = request(
+            &http,
+            "POST",
+            &format!("{}/_matrix/client/v3/login", server.url),
+            None,
+            Some(RawBody::Json(json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": username },
+                "password": password(username),
+            }))),
+        )
+        .await;
+        assert_eq!(r.status, 200, "login {username}: {}", r.body);
+        Raw {
+            base: server.url.clone(),
+            http,
+            token: r.body["access_token"].as_str().expect("token").to_owned(),
+            user_id: r.body["user_id"].as_str().expect("user").to_owned(),
+        }
+    }
+
     pub async fn register(server: &TestServer, username: &str) -> Raw {
         let http = reqwest::Client::new();
         let url = format!("{}/_matrix/client/v3/register", server.url);
@@ -420,15 +444,20 @@ pub async fn sdk_login(server: &TestServer, username: &str) -> Client {
 }
 
 /// Syncs until `check` is satisfied or the deadline passes.
-pub async fn sync_until(client: &Client, what: &str, mut check: impl FnMut(&Client) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub async fn sync_until(client: &Client, what: &str, check: impl FnMut(&Client) -> bool) {
+    sync_until_for(client, what, Duration::from_secs(20), check).await
+}
+
+/// Syncs `client` until `check` holds, for at most `wait`.
+pub async fn sync_until_for(client: &Client, what: &str, wait: Duration, mut check: impl FnMut(&Client) -> bool) {
+    let deadline = Instant::now() + wait;
     let settings = SyncSettings::default().timeout(Duration::from_millis(500));
     loop {
         client.sync_once(settings.clone()).await.expect("sync");
         if check(client) {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out after {wait:?} waiting for {what}");
     }
 }
 

@@ -48,7 +48,17 @@ pub async fn decrypted_body(client: &Client, room: &RoomId, event: &OwnedEventId
 
 /// Waits until `client` decrypts `event` (room keys may come a sync later).
 pub async fn wait_decrypted(client: &Client, room: &RoomId, event: &OwnedEventId) -> Option<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_decrypted_for(client, room, event, Duration::from_secs(10)).await
+}
+
+/// As [`wait_decrypted`], for at most `wait`.
+pub async fn wait_decrypted_for(
+    client: &Client,
+    room: &RoomId,
+    event: &OwnedEventId,
+    wait: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + wait;
     loop {
         if let Some(b) = decrypted_body(client, room, event).await {
             return Some(b);
@@ -82,7 +92,7 @@ pub async fn join(client: &Client, room: &RoomId) {
     client.join_room_by_id(room).await.expect("join");
 }
 
-async fn send(client: &Client, room: &RoomId, text: &str) -> OwnedEventId {
+pub async fn send(client: &Client, room: &RoomId, text: &str) -> OwnedEventId {
     let room = client.get_room(room).expect("room");
     room.send(RoomMessageEventContent::text_plain(text))
         .await

@@ -305,6 +305,19 @@ impl SynapseServer {
             eprintln!("skipped: MISSIVE_TEST_SYNAPSE is not set (.ci/run installs Synapse and sets it)");
             return None;
         };
+        // A port picked free may be taken by another test before Synapse
+        // binds it: then Synapse exits at once, and is started on others.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::start_once(&python).await {
+                Ok(s) => return Some(s),
+                Err(log) => last = log,
+            }
+        }
+        panic!("synapse exited at start, three times:\n{last}");
+    }
+
+    async fn start_once(python: &str) -> Result<SynapseServer, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = test_ca().write_to(dir.path());
         let fed_port = free_port();
@@ -375,7 +388,7 @@ impl SynapseServer {
         let cfg = d.join("homeserver.yaml");
         std::fs::write(&cfg, serde_json::to_vec_pretty(&config).expect("config")).expect("write config");
 
-        let keys = Command::new(&python)
+        let keys = Command::new(python)
             .args(["-m", "synapse.app.homeserver", "--generate-keys", "-c"])
             .arg(&cfg)
             .current_dir(d)
@@ -390,7 +403,7 @@ impl SynapseServer {
         );
 
         let log = std::fs::File::create(d.join("synapse.log")).expect("log file");
-        let child = Command::new(&python)
+        let child = Command::new(python)
             .args(["-m", "synapse.app.homeserver", "-c"])
             .arg(&cfg)
             .current_dir(d)
@@ -406,11 +419,12 @@ impl SynapseServer {
             dir,
             child: Some(child),
         };
-        synapse.wait_up().await;
-        Some(synapse)
+        synapse.wait_up().await?;
+        Ok(synapse)
     }
 
-    async fn wait_up(&mut self) {
+    /// Waits for Synapse to answer; `Err` with its log if it exited.
+    async fn wait_up(&mut self) -> Result<(), String> {
         // Synapse makes its SQLite schema on the first start: give it time.
         let deadline = Instant::now() + Duration::from_secs(90);
         let http = reqwest::Client::new();
@@ -418,10 +432,10 @@ impl SynapseServer {
             if let Ok(r) = http.get(format!("{}/_matrix/client/versions", self.url)).send().await
                 && r.status().is_success()
             {
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("synapse exited with {status}:\n{}", self.log_tail(60));
+                return Err(format!("synapse exited with {status}:\n{}", self.log_tail(60)));
             }
             assert!(
                 Instant::now() < deadline,

@@ -8,21 +8,17 @@ use std::time::{Duration, Instant};
 
 use matrix_sdk::{
     Client,
-    config::SyncSettings,
     ruma::{
         OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
         api::client::room::{Visibility, create_room::v3::Request as CreateRoom},
-        events::{
-            InitialStateEvent,
-            room::{encryption::RoomEncryptionEventContent, message::RoomMessageEventContent},
-        },
+        events::{InitialStateEvent, room::encryption::RoomEncryptionEventContent},
     },
 };
 use serde_json::{Value, json};
 
 use crate::{
-    common::{Raw, TestServer, enc, password, sdk_client},
-    encryption::{decrypted_body, encrypted_room},
+    common::{Raw, TestServer, enc, sdk_client, sync_until_for},
+    encryption::{encrypted_room, send, sync_all, wait_decrypted_for},
     fed_harness::{FakeServer, FedOpts, FedServer, SynapseServer, now_ms, raw_federation, test_ca},
 };
 
@@ -39,44 +35,6 @@ fn raw_for(server: &TestServer, client: &Client) -> Raw {
     }
 }
 
-/// A second device of an existing user, for raw /sync without touching the
-/// sdk device's to-device stream.
-async fn raw_login(server: &TestServer, username: &str) -> Raw {
-    let http = reqwest::Client::new();
-    let r = crate::common::request(
-        &http,
-        "POST",
-        &format!("{}/_matrix/client/v3/login", server.url),
-        None,
-        Some(crate::common::RawBody::Json(json!({
-            "type": "m.login.password",
-            "identifier": { "type": "m.id.user", "user": username },
-            "password": password(username),
-        }))),
-    )
-    .await;
-    assert_eq!(r.status, 200, "login: {}", r.body);
-    Raw {
-        base: server.url.clone(),
-        http,
-        token: r.body["access_token"].as_str().expect("token").to_owned(),
-        user_id: r.body["user_id"].as_str().expect("user").to_owned(),
-    }
-}
-
-/// Syncs `client` until `check` holds, for at most `wait`.
-async fn sync_until_for(client: &Client, what: &str, wait: Duration, mut check: impl FnMut(&Client) -> bool) {
-    let deadline = Instant::now() + wait;
-    let settings = SyncSettings::default().timeout(Duration::from_millis(500));
-    loop {
-        client.sync_once(settings.clone()).await.expect("sync");
-        if check(client) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out after {wait:?} waiting for {what}");
-    }
-}
-
 /// Syncs until `client` sees `n` joined members in `room`.
 async fn wait_joined(client: &Client, room: &RoomId, n: u64) {
     let who = client.user_id().map(|u| u.to_string()).unwrap_or_default();
@@ -89,24 +47,6 @@ async fn wait_joined(client: &Client, room: &RoomId, n: u64) {
     .await;
 }
 
-/// Waits until `client` decrypts `event` (it may first have to arrive over
-/// federation, and its room key as a to-device message after it).
-async fn wait_decrypted_for(client: &Client, room: &RoomId, event: &OwnedEventId, wait: Duration) -> Option<String> {
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(b) = decrypted_body(client, room, event).await {
-            return Some(b);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        client
-            .sync_once(SyncSettings::default().timeout(Duration::from_millis(300)))
-            .await
-            .expect("sync");
-    }
-}
-
 async fn assert_decrypts(client: &Client, room: &RoomId, event: &OwnedEventId, text: &str) {
     assert_eq!(
         wait_decrypted_for(client, room, event, FEDERATION_WAIT)
@@ -116,23 +56,6 @@ async fn assert_decrypts(client: &Client, room: &RoomId, event: &OwnedEventId, t
         "{} did not decrypt {event} in {room}",
         client.user_id().map(|u| u.to_string()).unwrap_or_default()
     );
-}
-
-async fn send(client: &Client, room: &RoomId, text: &str) -> OwnedEventId {
-    let room = client.get_room(room).expect("room");
-    room.send(RoomMessageEventContent::text_plain(text))
-        .await
-        .expect("send")
-        .response
-        .event_id
-}
-
-async fn sync_once(clients: &[&Client]) {
-    for c in clients {
-        c.sync_once(SyncSettings::default().timeout(Duration::ZERO))
-            .await
-            .expect("sync");
-    }
 }
 
 /// A public (anyone may join), encrypted room.
@@ -257,7 +180,7 @@ async fn two_missive_servers_e2ee() {
     assert_decrypts(&alice, &room, &m2, "hello alice, from B").await;
 
     // Typing and read receipts (EDUs) from bob reach alice.
-    let observer = raw_login(&a, "alice").await;
+    let observer = Raw::login(&a, "alice").await;
     bob_raw
         .ok(
             "PUT",
@@ -386,8 +309,10 @@ async fn catch_up_after_restart() {
     let started = Instant::now();
     b.start_again().await;
 
-    // A must deliver the backlog by itself; if it has not after a while,
-    // bob talks (a transaction from B), which tells A that B is back.
+    // A delivers the backlog at its next retry (backing off up to an hour
+    // in real life); if it has not after 20 s, bob talks (a transaction
+    // from B), which tells A that B is back and makes it retry at once.
+    // Either way all 20 messages must arrive.
     let bob_raw = raw_for(&b, &bob);
     let arrived = |ids: &[String]| sent.iter().all(|(e, _)| ids.iter().any(|i| i == e.as_str()));
     let mut nudged = false;
@@ -399,7 +324,7 @@ async fn catch_up_after_restart() {
         let waited = started.elapsed();
         if !nudged && waited > Duration::from_secs(20) {
             eprintln!("backlog not delivered 20 s after B restarted: bob sends a message");
-            sync_once(&[&bob]).await;
+            sync_all(&[&bob]).await;
             send(&bob, &room, "I'm back").await;
             nudged = true;
         }
@@ -752,7 +677,7 @@ async fn synapse_interop() {
     // Synapse sends the room summary (joined member count) only to clients
     // that lazy-load members: ask for the member list instead.
     wait_joined_raw(&alice_raw, room.as_str(), &bob_raw.user_id).await;
-    sync_once(&[&alice]).await;
+    sync_all(&[&alice]).await;
     let m1 = send(&alice, &room, "encrypted from synapse").await;
     assert_decrypts(&bob, &room, &m1, "encrypted from synapse").await;
     let m2 = send(&bob, &room, "encrypted from missive").await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Raw, RawBody, TestDatabase, TestServer, enc, password, request};
+use crate::common::{Raw, TestDatabase, TestServer, enc, request};
 
 const MESSAGES: usize = 30;
 
@@ -97,8 +97,8 @@ async fn sqlite_database_moves_to_postgres() {
     let mut new = old.start_on_same_data(&[("MISSIVE_DATABASE_URL", to.as_str())]).await;
 
     // Both log in with their passwords, and the tokens they had still work.
-    let alice_new = login(&new, "alice").await;
-    let bob_new = login(&new, "bob").await;
+    let alice_new = Raw::login(&new, "alice").await;
+    let bob_new = Raw::login(&new, "bob").await;
     for (who, token) in [(&alice, &alice.token), (&bob, &bob.token)] {
         let r = request(
             &alice_new.http,
@@ -234,29 +234,6 @@ async fn sqlite_database_moves_to_postgres() {
     );
     assert!(!stderr.contains(&to), "the error repeats the database URL: {stderr}");
     assert_eq!(fingerprint(&to), before);
-}
-
-async fn login(server: &TestServer, username: &str) -> Raw {
-    let http = reqwest::Client::new();
-    let r = request(
-        &http,
-        "POST",
-        &format!("{}/_matrix/client/v3/login", server.url),
-        None,
-        Some(RawBody::Json(json!({
-            "type": "m.login.password",
-            "identifier": { "type": "m.id.user", "user": username },
-            "password": password(username),
-        }))),
-    )
-    .await;
-    assert_eq!(r.status, 200, "login {username}: {}", r.body);
-    Raw {
-        base: server.url.clone(),
-        http,
-        token: r.body["access_token"].as_str().expect("token").to_owned(),
-        user_id: r.body["user_id"].as_str().expect("user").to_owned(),
-    }
 }
 
 /// The stream position and the rows of the tables a migration would fill.

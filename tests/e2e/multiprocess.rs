@@ -134,25 +134,7 @@ async fn a_process_killed_under_load_loses_nothing_and_the_others_serve_on() {
     let alice_a = Raw::register(&a, "alice").await;
     let room = alice_a.create_room(json!({ "preset": "public_chat" })).await;
     // The same account, logged in on B too: its sends go on after A dies.
-    let login = reqwest::Client::new()
-        .post(format!("{}/_matrix/client/v3/login", b.url))
-        .json(&json!({
-            "type": "m.login.password",
-            "identifier": { "type": "m.id.user", "user": "alice" },
-            "password": crate::common::password("alice"),
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
-    let alice_b = Raw {
-        base: b.url.clone(),
-        http: reqwest::Client::new(),
-        token: login["access_token"].as_str().unwrap().to_owned(),
-        user_id: alice_a.user_id.clone(),
-    };
+    let alice_b = Raw::login(&b, "alice").await;
     let watcher = Raw::register(&c, "watcher").await;
     watcher
         .ok(

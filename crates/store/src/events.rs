@@ -136,7 +136,9 @@ impl Store {
                     pos,
                 )?;
             }
-            set_current_group(tx, room_id, group)?;
+            if base.map(|(g, _)| g) != Some(group) {
+                set_current_group(tx, room_id, group)?;
+            }
             crate::federation::queue_pdu(tx, pdu.event_id.as_str(), &ev.federate_to)?;
             Ok(pos)
         })

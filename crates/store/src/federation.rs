@@ -8,10 +8,7 @@ use missive_core::{auth::StateMap, pdu::Pdu};
 use crate::{
     NewRoomEvent, Result, StoreError,
     db::{Connection, OptionalExtension, params},
-    events::{
-        advance_extremities, current_group, extremities, group_for_state, insert_event, insert_room, set_current,
-        set_current_group,
-    },
+    events::{advance_extremities, group_for_state, insert_event, set_current, set_current_group},
     store::Store,
 };
 
@@ -99,6 +96,15 @@ fn insert_outlier(tx: &Connection<'_>, pdu: &Pdu, groups: &mut HashMap<String, i
     Ok(true)
 }
 
+/// Creates the room's row unless this server knows the room already.
+fn ensure_room(tx: &Connection<'_>, room_id: &str, r: &crate::NewRoom) -> Result<()> {
+    tx.execute(
+        "INSERT INTO rooms (room_id, room_version, creator) VALUES (?1, ?2, ?3) ON CONFLICT (room_id) DO NOTHING",
+        params![room_id, r.room_version, r.creator],
+    )?;
+    Ok(())
+}
+
 fn membership_of(tx: &Connection<'_>, event_id: &str) -> Result<Option<String>> {
     let json: Option<String> = tx
         .query_row("SELECT json FROM events WHERE event_id = ?1", [event_id], |r| r.get(0))
@@ -111,28 +117,24 @@ fn membership_of(tx: &Connection<'_>, event_id: &str) -> Result<Option<String>> 
 
 /// Makes `state` the room's current state, row by row where it differs.
 fn replace_current(tx: &Connection<'_>, room_id: &str, state: &StateMap, pos: i64) -> Result<()> {
-    let rows: Vec<(String, String, String)> = tx
+    let rows: HashMap<(String, String), String> = tx
         .query_map(
             "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1",
             [room_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)),
         )?
         .collect::<crate::db::Result<_>>()?;
-    for (t, k, e) in &rows {
-        match state.get(&(t.as_str().into(), k.clone())) {
-            Some(now) if now.as_str() == e => {}
-            Some(_) => {}
-            None => {
-                tx.execute(
-                    "DELETE FROM current_state WHERE room_id = ?1 AND type = ?2 AND state_key = ?3",
-                    params![room_id, t, k],
-                )?;
-            }
+    for (t, k) in rows.keys() {
+        if !state.contains_key(&(t.as_str().into(), k.clone())) {
+            tx.execute(
+                "DELETE FROM current_state WHERE room_id = ?1 AND type = ?2 AND state_key = ?3",
+                params![room_id, t, k],
+            )?;
         }
     }
     for ((t, k), e) in state {
         let t = t.to_string();
-        if rows.iter().any(|(rt, rk, re)| *rt == t && rk == k && re == e.as_str()) {
+        if rows.get(&(t.clone(), k.clone())).is_some_and(|row| row == e.as_str()) {
             continue;
         }
         let membership = if t == "m.room.member" {
@@ -152,14 +154,7 @@ impl Store {
     pub async fn store_outliers(&self, pdus: Vec<Pdu>, new_room: Option<crate::NewRoom>) -> Result<usize> {
         self.write(move |tx, _| {
             if let (Some(r), Some(first)) = (&new_room, pdus.first()) {
-                let exists: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM rooms WHERE room_id = ?1)",
-                    [first.room_id.as_str()],
-                    |r| r.get(0),
-                )?;
-                if !exists {
-                    insert_room(tx, first.room_id.as_str(), r)?;
-                }
+                ensure_room(tx, first.room_id.as_str(), r)?;
             }
             let mut n = 0;
             let mut groups = HashMap::new();
@@ -181,14 +176,7 @@ impl Store {
             let pdu = &append.event.pdu;
             let room_id = pdu.room_id.as_str();
             if let Some(r) = &append.event.new_room {
-                let exists: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM rooms WHERE room_id = ?1)",
-                    [room_id],
-                    |r| r.get(0),
-                )?;
-                if !exists {
-                    insert_room(tx, room_id, r)?;
-                }
+                ensure_room(tx, room_id, r)?;
             }
             let Some(current) = &append.current else {
                 // Soft-failed: kept, but neither in the timeline nor in the state.
@@ -269,28 +257,6 @@ impl Store {
         .await
     }
 
-    /// The room's forward extremities with their state groups.
-    pub async fn extremity_groups(&self, room_id: String) -> Result<Vec<(String, i64)>> {
-        self.read(move |c| {
-            let ids = extremities(c, &room_id)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let g: i64 = c.query_row("SELECT state_group FROM events WHERE event_id = ?1", [&id], |r| {
-                    r.get(0)
-                })?;
-                out.push((id, g));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    /// The group of the room's current state.
-    pub async fn current_state_group(&self, room_id: String) -> Result<Option<i64>> {
-        self.read(move |c| Ok(current_group(c, &room_id)?.map(|(g, _)| g)))
-            .await
-    }
-
     /// A local user's membership in a room this server is not in: an
     /// invite received from another server (with the room's stripped
     /// state, for the client), or its rejection. The event is kept as an
@@ -304,31 +270,31 @@ impl Store {
         self.write(move |tx, positions| {
             let room_id = pdu.room_id.as_str();
             let user = pdu.state_key.clone().unwrap_or_default();
-            let exists: bool =
-                tx.query_row("SELECT EXISTS (SELECT 1 FROM rooms WHERE room_id = ?1)", [room_id], |r| r.get(0))?;
-            if !exists {
-                let creator = pdu.sender.to_string();
-                insert_room(tx, room_id, &crate::NewRoom { room_version: room_version.clone(), creator })?;
-            }
+            let room = crate::NewRoom {
+                room_version: room_version.clone(),
+                creator: pdu.sender.to_string(),
+            };
+            ensure_room(tx, room_id, &room)?;
             insert_outlier(tx, &pdu, &mut HashMap::new())?;
             let pos = positions.take();
-            set_current(tx, room_id, "m.room.member", &user, pdu.event_id.as_str(), pdu.membership(), pos)?;
-            match invite_state {
-                Some(state) => {
-                    tx.execute(
-                        "INSERT INTO remote_invites (room_id, user_id, event_id, room_version, json, invite_state, stream_pos) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (room_id, user_id) DO UPDATE SET \
-                         event_id = excluded.event_id, json = excluded.json, invite_state = excluded.invite_state, \
-                         stream_pos = excluded.stream_pos",
-                        params![room_id, user, pdu.event_id.as_str(), room_version, pdu.json.get(), state, pos],
-                    )?;
-                }
-                None => {
-                    tx.execute(
-                        "DELETE FROM remote_invites WHERE room_id = ?1 AND user_id = ?2",
-                        params![room_id, user],
-                    )?;
-                }
+            set_current(
+                tx,
+                room_id,
+                "m.room.member",
+                &user,
+                pdu.event_id.as_str(),
+                pdu.membership(),
+                pos,
+            )?;
+            // (`set_current` dropped any earlier invite state of the user.)
+            if let Some(state) = invite_state {
+                tx.execute(
+                    "INSERT INTO remote_invites (room_id, user_id, event_id, room_version, json, invite_state, stream_pos) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (room_id, user_id) DO UPDATE SET \
+                     event_id = excluded.event_id, json = excluded.json, invite_state = excluded.invite_state, \
+                     stream_pos = excluded.stream_pos",
+                    params![room_id, user, pdu.event_id.as_str(), room_version, pdu.json.get(), state, pos],
+                )?;
             }
             Ok(pos)
         })

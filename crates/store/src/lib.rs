@@ -23,7 +23,7 @@ pub mod server_keys;
 mod store;
 pub mod types;
 
-pub use store::{Positions, RoomLease, Store};
+pub use store::{Lease, Positions, RoomLease, Store};
 pub use types::*;
 
 #[derive(Debug, thiserror::Error)]

@@ -289,6 +289,48 @@ impl Store {
         }))
     }
 
+    /// Like [`lease_room`](Self::lease_room) for work that another process
+    /// may as well do (a federation destination's queue): `Ok(None)` at
+    /// once when another process holds the key or every lease slot is in
+    /// use, instead of waiting, so that such work never holds up a send.
+    /// On SQLite the lease is always granted (one process).
+    pub async fn try_lease(&self, key: &str) -> Result<Option<Lease>> {
+        let Backend::Postgres { url, .. } = &self.inner.backend else {
+            return Ok(Some(Lease { _held: None }));
+        };
+        let Ok(permit) = self.inner.lease_slots.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let inner = self.inner.clone();
+        let url = url.clone();
+        let key_owned = key.to_owned();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Option<PgClient>> {
+            let mut slot = lock(&inner.lease_conns)?.pop();
+            let conn = pg_conn(&mut slot, &url)?;
+            let got: bool = Conn::Pg(RefCell::new(conn)).query_row(
+                "SELECT pg_try_advisory_lock(7247002, hashtext(?1))",
+                [&key_owned],
+                |r| r.get(0),
+            )?;
+            let conn = slot.expect("connected");
+            if got {
+                return Ok(Some(conn));
+            }
+            lock(&inner.lease_conns)?.push(conn);
+            Ok(None)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(conn.map(|conn| Lease {
+            _held: Some(RoomLease {
+                inner: self.inner.clone(),
+                conn: Some(conn),
+                room: key.to_owned(),
+                _permit: permit,
+            }),
+        }))
+    }
+
     /// What processes [`publish`](Self::publish), as they publish it.
     pub fn subscribe_messages(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.inner.messages.subscribe()
@@ -320,6 +362,11 @@ impl Store {
 }
 
 /// A room held against other processes; see [`Store::lease_room`].
+/// A lease from [`Store::try_lease`], held until dropped.
+pub struct Lease {
+    _held: Option<RoomLease>,
+}
+
 pub struct RoomLease {
     inner: Arc<Inner>,
     conn: Option<PgClient>,

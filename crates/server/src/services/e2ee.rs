@@ -284,15 +284,7 @@ impl App {
         wanted: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
     ) -> Result<get_keys::v3::Response> {
         let mut resp = self.local_keys(Some(requester), wanted).await?;
-        let mut remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>> = BTreeMap::new();
-        for (user, devices) in wanted {
-            if !self.is_local(user) {
-                remote
-                    .entry(user.server_name().to_owned())
-                    .or_default()
-                    .insert(user.clone(), devices.clone());
-            }
-        }
+        let remote = self.remote_users_by_server(wanted);
         if remote.is_empty() {
             return Ok(resp);
         }
@@ -417,6 +409,21 @@ impl App {
         Ok(resp)
     }
 
+    /// The other servers' users of a request, grouped by their server.
+    fn remote_users_by_server<V: Clone>(
+        &self,
+        wanted: &BTreeMap<OwnedUserId, V>,
+    ) -> BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, V>> {
+        let mut remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, V>> = BTreeMap::new();
+        for (user, v) in wanted.iter().filter(|(u, _)| !self.is_local(u)) {
+            remote
+                .entry(user.server_name().to_owned())
+                .or_default()
+                .insert(user.clone(), v.clone());
+        }
+        remote
+    }
+
     /// `/keys/claim`: a one-time key per device, else its fallback key;
     /// remote users' keys are claimed from their servers.
     pub async fn claim_keys(
@@ -425,16 +432,7 @@ impl App {
     ) -> Result<claim_keys::v3::Response> {
         let mut failures = BTreeMap::new();
         let mut keys = self.claim_local_keys(wanted).await?;
-        type Claims = BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>;
-        let mut remote: BTreeMap<OwnedServerName, Claims> = BTreeMap::new();
-        for (user, devices) in wanted {
-            if !self.is_local(user) {
-                remote
-                    .entry(user.server_name().to_owned())
-                    .or_default()
-                    .insert(user.clone(), devices.clone());
-            }
-        }
+        let remote = self.remote_users_by_server(wanted);
         let asks = remote.into_iter().map(|(server, users)| async move {
             let req = ruma::api::federation::keys::claim_keys::v1::Request::new(users);
             let r = self.remote_call(&server, req).await;

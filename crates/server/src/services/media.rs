@@ -184,6 +184,17 @@ pub struct Served {
     pub filename: Option<String>,
 }
 
+impl Served {
+    /// A stored file with its recorded type (`application/octet-stream` when none).
+    fn file(data: impl Into<Vec<u8>>, content_type: Option<String>, filename: Option<String>) -> Served {
+        Served {
+            data: data.into(),
+            content_type: content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
+            filename,
+        }
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -409,24 +420,12 @@ impl App {
     ) -> Result<Served> {
         if server_name != self.server_name {
             let (meta, data) = self.remote_media(server_name, media_id, timeout).await?;
-            return Ok(Served {
-                data: data.into(),
-                content_type: meta
-                    .content_type
-                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
-                filename: meta.filename,
-            });
+            return Ok(Served::file(data, meta.content_type, meta.filename));
         }
         let row = self.uploaded_media(server_name, media_id, timeout).await?;
         self.check_media_access(&row, viewer).await?;
         let (_, data) = self.content_of(&row).await?;
-        Ok(Served {
-            data: data.into(),
-            content_type: row
-                .content_type
-                .unwrap_or_else(|| "application/octet-stream".to_owned()),
-            filename: row.filename,
-        })
+        Ok(Served::file(data, row.content_type, row.filename))
     }
 
     /// A thumbnail of an image, this server's or another's (whose file is
@@ -603,13 +602,7 @@ impl App {
         let row = self.uploaded_media(&self.server_name, media_id, timeout).await?;
         self.check_server_media_access(&row, origin).await?;
         let (_, data) = self.content_of(&row).await?;
-        Ok(Served {
-            data: data.into(),
-            content_type: row
-                .content_type
-                .unwrap_or_else(|| "application/octet-stream".to_owned()),
-            filename: row.filename,
-        })
+        Ok(Served::file(data, row.content_type, row.filename))
     }
 
     /// `GET /_matrix/federation/v1/media/thumbnail/{mediaId}`.

@@ -424,17 +424,6 @@ impl App {
         Ok((pdu, unsigned))
     }
 
-    /// A local event checked against the room's current state, not stored.
-    pub(crate) async fn build_checked(
-        &self,
-        room_id: &RoomId,
-        version: &RoomVersion,
-        sender: &UserId,
-        new: NewEvent,
-    ) -> Result<Pdu> {
-        Ok(self.build_local(Target::Room(room_id, version), sender, new).await?.0)
-    }
-
     /// Replaces the redacted event by its redacted form, if the redaction's
     /// sender may redact it (their own event, or enough power).
     pub(crate) async fn apply_redaction(

@@ -306,8 +306,9 @@ impl App {
         room_id: &RoomId,
         own_event: &str,
     ) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+        let own = self.store.event(own_event.to_owned()).await?;
         // An invite from another server comes with the state it sent.
-        if let Some(own) = self.store.event(own_event.to_owned()).await?
+        if let Some(own) = &own
             && own.stream_pos < 0
             && let Some(sk) = &own.pdu.state_key
             && let Some(state) = self.store.remote_invite_state(room_id.to_string(), sk.clone()).await?
@@ -327,7 +328,7 @@ impl App {
             .collect();
         ids.push(own_event.to_owned());
         // The sender of the invite or knock, so the client can name them.
-        if let Some(own) = self.store.event(own_event.to_owned()).await?
+        if let Some(own) = &own
             && let Some(sender) = state.get(&("m.room.member".into(), own.pdu.sender.to_string()))
             && sender.as_str() != own_event
         {

@@ -58,7 +58,8 @@ pub async fn openid_token(
     req: Ruma<ruma::api::client::account::request_openid_token::v3::Request>,
 ) -> Result<ruma::api::client::account::request_openid_token::v3::Response> {
     use ruma::api::client::account::request_openid_token::v3;
-    let token = app.request_openid_token(req.user()?, &req.body.user_id).await?;
+    super::require_self(&req, &req.body.user_id)?;
+    let token = app.request_openid_token(&req.body.user_id).await?;
     Ok(v3::Response::new(
         token,
         ruma::authentication::TokenType::Bearer,

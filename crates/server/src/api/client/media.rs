@@ -105,7 +105,7 @@ fn upload_size(app: &App) -> UInt {
     UInt::try_from(app.config.max_upload_bytes as u64).unwrap_or(UInt::MAX)
 }
 
-fn thumbnail_size(width: UInt, height: UInt, method: Option<Method>) -> Result<Size> {
+pub(crate) fn thumbnail_size(width: UInt, height: UInt, method: Option<Method>) -> Result<Size> {
     let method = match method {
         Some(Method::Crop) => thumbnail::Method::Crop,
         Some(Method::Scale) | None => thumbnail::Method::Scale,

@@ -23,7 +23,7 @@ pub fn routes(router: Router<App>) -> Router<App> {
 /// it reveals nothing but the public key.
 async fn server_keys(app: App, _req: Ruma<get_server_keys::v2::Request>) -> Result<get_server_keys::v2::Response> {
     let obj = app.own_server_keys().await?;
-    let raw = serde_json::value::to_raw_value(&obj).map_err(|e| Error::Internal(e.to_string()))?;
+    let raw = crate::services::federation::raw_json(&obj)?;
     Ok(get_server_keys::v2::Response::new(ruma::serde::Raw::from_json(raw)))
 }
 

@@ -8,14 +8,12 @@ use ruma::{
         Content, ContentMetadata, FileOrLocation, get_content, get_content_thumbnail,
     },
     http_headers::{ContentDisposition, ContentDispositionType},
-    media::Method,
 };
 
 use crate::{
-    App, Error, Result,
-    api::client::media::disposition,
+    App, Result,
+    api::client::media::{disposition, thumbnail_size},
     ruma_wrapper::{RouterExt, Ruma},
-    services::thumbnail::{self, Size},
 };
 
 pub fn routes(router: Router<App>) -> Router<App> {
@@ -40,18 +38,7 @@ async fn thumbnail(
     req: Ruma<get_content_thumbnail::v1::Request>,
 ) -> Result<get_content_thumbnail::v1::Response> {
     let b = &req.body;
-    let method = match &b.method {
-        Some(Method::Crop) => thumbnail::Method::Crop,
-        Some(Method::Scale) | None => thumbnail::Method::Scale,
-        Some(other) => {
-            return Err(Error::invalid_param(format!(
-                "Unknown thumbnail method {:?}",
-                other.as_str()
-            )));
-        }
-    };
-    let size = Size::new(b.width.into(), b.height.into(), method)
-        .ok_or_else(|| Error::invalid_param("Thumbnail width and height must be positive"))?;
+    let size = thumbnail_size(b.width, b.height, b.method.clone())?;
     let served = app
         .media_thumbnail_for_server(req.origin()?, &b.media_id, size, b.timeout_ms)
         .await?;

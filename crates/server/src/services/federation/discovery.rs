@@ -19,6 +19,7 @@ use std::{
 use hickory_resolver::{TokioResolver, proto::rr::RData};
 use ruma::{OwnedServerName, ServerName};
 
+use super::lock;
 use crate::{Error, Result};
 
 /// The port of a server whose name does not say one.
@@ -161,6 +162,11 @@ impl Discovery {
                 };
             }
         }
+        // Records that have gone no longer route the hostname.
+        self.srv_targets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hostname);
         Destination {
             base_url: format!("https://{hostname}:{DEFAULT_PORT}"),
             host: hostname.to_owned(),
@@ -193,7 +199,7 @@ impl Discovery {
 
 /// Steps 1 and 2 of the resolution: a server name that is an IP literal or
 /// has an explicit port is reached there, with no lookup.
-pub fn literal_or_port(server: &ServerName) -> Option<Destination> {
+fn literal_or_port(server: &ServerName) -> Option<Destination> {
     let port = match (server.is_ip_literal(), server.port()) {
         (true, port) => port.unwrap_or(DEFAULT_PORT),
         (false, Some(port)) => port,
@@ -216,10 +222,6 @@ fn max_age(header: &str) -> Option<Duration> {
             .eq_ignore_ascii_case("max-age")
             .then(|| v.trim().trim_matches('"').parse().ok().map(Duration::from_secs))?
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The federation client's DNS: a hostname with SRV targets connects to

@@ -274,50 +274,37 @@ impl App {
 
     /// The other servers with a user joined to a room `user` is joined to.
     pub async fn servers_sharing_room(&self, user: &UserId) -> Result<Vec<OwnedServerName>> {
-        let mut servers: Vec<OwnedServerName> = self
-            .store
-            .users_sharing_room(user.to_string())
-            .await?
-            .iter()
-            .filter_map(|u| OwnedUserId::try_from(u.as_str()).ok())
-            .map(|u| u.server_name().to_owned())
-            .filter(|s| *s != self.server_name)
-            .collect();
-        servers.sort();
-        servers.dedup();
-        Ok(servers)
+        Ok(self.other_servers(self.store.users_sharing_room(user.to_string()).await?))
     }
 
-    /// Queues an EDU for the servers; ephemeral ones are not worth failing
-    /// a request for, so a failure is only logged.
-    async fn queue_ephemeral(&self, destinations: Vec<OwnedServerName>, edu: Value) {
-        if destinations.is_empty() || !self.federation_enabled() {
+    /// Queues `edu` for the servers `servers` finds, unless this server does
+    /// not federate: then the servers are not even looked up. Ephemeral
+    /// data is not worth failing a request for, so a failure is only logged.
+    async fn federate(&self, servers: impl Future<Output = Result<Vec<OwnedServerName>>>, edu: Value) {
+        if !self.federation_enabled() {
             return;
         }
-        if let Err(e) = self.queue_edu(destinations, edu).await {
+        let servers = match servers.await {
+            Ok(s) if s.is_empty() => return,
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(error = %e, "could not list the servers to send an EDU to"),
+        };
+        if let Err(e) = self.queue_edu(servers, edu).await {
             tracing::warn!(error = %e, "could not queue an EDU");
         }
     }
 
     /// Tells the other servers in the room that a local user started or stopped typing.
     pub async fn federate_typing(&self, room: &RoomId, user: &UserId, typing: bool) {
-        let servers = match self.servers_in_room(room).await {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!(error = %e, "could not list the servers in a room"),
-        };
         let edu = json!({
             "edu_type": "m.typing",
             "content": { "room_id": room, "user_id": user, "typing": typing },
         });
-        self.queue_ephemeral(servers, edu).await;
+        self.federate(self.servers_in_room(room), edu).await;
     }
 
     /// Sends a local user's public read receipt to the other servers in the room.
     pub async fn federate_receipt(&self, room: &RoomId, user: &UserId, event_id: &str, thread: &str, ts: i64) {
-        let servers = match self.servers_in_room(room).await {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!(error = %e, "could not list the servers in a room"),
-        };
         let mut data = json!({ "ts": ts });
         if thread != "unthreaded" {
             data["thread_id"] = thread.into();
@@ -326,7 +313,7 @@ impl App {
             "edu_type": "m.receipt",
             "content": { room.as_str(): { "m.read": { user.as_str(): { "event_ids": [event_id], "data": data } } } },
         });
-        self.queue_ephemeral(servers, edu).await;
+        self.federate(self.servers_in_room(room), edu).await;
     }
 
     /// Sends a local user's presence to the servers sharing a room with them.
@@ -335,10 +322,6 @@ impl App {
             return;
         }
         let Some(p) = self.presence.get(user) else { return };
-        let servers = match self.servers_sharing_room(user).await {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!(error = %e, "could not list the servers sharing a room"),
-        };
         let mut entry = json!({
             "user_id": user,
             "presence": p.state,
@@ -349,50 +332,56 @@ impl App {
             entry["status_msg"] = m.into();
         }
         let edu = json!({ "edu_type": "m.presence", "content": { "push": [entry] } });
-        self.queue_ephemeral(servers, edu).await;
+        self.federate(self.servers_sharing_room(user), edu).await;
     }
 
     /// Tells the servers sharing a room with a local user that one of their
     /// devices changed (`keys` given) or was deleted (`keys` `None`).
     pub async fn federate_device_change(&self, user: &UserId, device_id: &str, keys: Option<Value>) {
-        let servers = match self.servers_sharing_room(user).await {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!(error = %e, "could not list the servers sharing a room"),
-        };
-        if servers.is_empty() {
-            return;
-        }
-        let stream_id = self.store.device_list_stream_id(user.to_string()).await.unwrap_or(0);
-        let mut content = json!({
-            "user_id": user,
-            "device_id": device_id,
-            "stream_id": stream_id,
-            "prev_id": [],
-        });
-        match keys {
-            Some(mut k) => {
-                if let Some(name) = k.get("unsigned").and_then(|u| u.get("device_display_name")).cloned() {
-                    content["device_display_name"] = name;
-                }
-                if let Some(o) = k.as_object_mut() {
-                    o.remove("unsigned");
-                }
-                content["keys"] = k;
-            }
-            None => content["deleted"] = true.into(),
-        }
-        self.queue_ephemeral(
-            servers,
-            json!({ "edu_type": "m.device_list_update", "content": content }),
-        )
-        .await;
+        self.federate_device_changes(user, vec![(device_id.to_owned(), keys)])
+            .await;
     }
 
     /// Announces deleted devices of a local user (to be called wherever
     /// devices are deleted).
     pub async fn federate_devices_deleted(&self, user: &UserId, devices: &[String]) {
-        for d in devices {
-            self.federate_device_change(user, d, None).await;
+        self.federate_device_changes(user, devices.iter().map(|d| (d.clone(), None)).collect())
+            .await;
+    }
+
+    /// One `m.device_list_update` per changed device, to the servers
+    /// sharing a room with the user (looked up once for all of them).
+    async fn federate_device_changes(&self, user: &UserId, changes: Vec<(String, Option<Value>)>) {
+        if !self.federation_enabled() || changes.is_empty() {
+            return;
+        }
+        let servers = match self.servers_sharing_room(user).await {
+            Ok(s) if s.is_empty() => return,
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(error = %e, "could not list the servers sharing a room"),
+        };
+        let stream_id = self.store.device_list_stream_id(user.to_string()).await.unwrap_or(0);
+        for (device_id, keys) in changes {
+            let mut content = json!({
+                "user_id": user,
+                "device_id": device_id,
+                "stream_id": stream_id,
+                "prev_id": [],
+            });
+            match keys {
+                Some(mut k) => {
+                    if let Some(name) = k.get("unsigned").and_then(|u| u.get("device_display_name")).cloned() {
+                        content["device_display_name"] = name;
+                    }
+                    if let Some(o) = k.as_object_mut() {
+                        o.remove("unsigned");
+                    }
+                    content["keys"] = k;
+                }
+                None => content["deleted"] = true.into(),
+            }
+            let edu = json!({ "edu_type": "m.device_list_update", "content": content });
+            self.federate(std::future::ready(Ok(servers.clone())), edu).await;
         }
     }
 
@@ -402,10 +391,6 @@ impl App {
         if master.is_none() && self_signing.is_none() {
             return;
         }
-        let servers = match self.servers_sharing_room(user).await {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!(error = %e, "could not list the servers sharing a room"),
-        };
         let mut content = json!({ "user_id": user });
         if let Some(m) = master {
             content["master_key"] = m;
@@ -413,11 +398,8 @@ impl App {
         if let Some(s) = self_signing {
             content["self_signing_key"] = s;
         }
-        self.queue_ephemeral(
-            servers,
-            json!({ "edu_type": "m.signing_key_update", "content": content }),
-        )
-        .await;
+        let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
+        self.federate(self.servers_sharing_room(user), edu).await;
     }
 }
 

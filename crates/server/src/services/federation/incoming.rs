@@ -186,9 +186,10 @@ impl App {
 
         // Missing prev_events: ask the sender for the events between what we
         // have and this one, oldest first, each going through these checks.
-        let known_prevs = self.timeline_events(&pdu.prev_events).await?;
-        if fill_gaps && known_prevs.len() < pdu.prev_events.len() {
+        let mut prevs = self.timeline_events(&pdu.prev_events).await?;
+        if fill_gaps && prevs.len() < pdu.prev_events.len() {
             self.fill_gap(version, &pdu, origin).await;
+            prevs = self.timeline_events(&pdu.prev_events).await?;
         }
 
         // 3. Auth events, fetched from the sender when missing.
@@ -215,7 +216,6 @@ impl App {
         }
 
         // 4. The state before the event.
-        let prevs: Vec<OwnedEventId> = self.timeline_events(&pdu.prev_events).await?;
         let mut states = self.states_after(&prevs).await?;
         // A prev_event still unknown after asking for the gap: its state
         // comes from the sender (`/state`), each event checked, so that
@@ -353,18 +353,17 @@ impl App {
         }
         let mut state = StateMap::new();
         let mut keep = vec![];
-        for raw in res.auth_chain.iter().chain(res.pdus.iter()) {
+        let chain_len = res.auth_chain.len();
+        for (i, raw) in res.auth_chain.iter().chain(res.pdus.iter()).enumerate() {
+            let in_state = i >= chain_len;
             match self.verify_pdu(version, room_id, raw).await {
-                Ok(p) => keep.push(p),
+                Ok(p) => {
+                    if in_state && let Some(sk) = &p.state_key {
+                        state.insert((p.kind.to_string().into(), sk.clone()), p.event_id.clone());
+                    }
+                    keep.push(p);
+                }
                 Err(e) => tracing::info!(room = %room_id, "state event from {origin} refused: {e}"),
-            }
-        }
-        for raw in &res.pdus {
-            if let Some(id) = event_id_of(version, raw)
-                && let Some(p) = keep.iter().find(|p| p.event_id == id)
-                && let Some(sk) = &p.state_key
-            {
-                state.insert((p.kind.to_string().into(), sk.clone()), p.event_id.clone());
             }
         }
         if let Some(sk) = &prev.state_key {

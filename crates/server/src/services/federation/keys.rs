@@ -20,6 +20,7 @@ use ruma::{
     signatures::{PublicKeyMap, PublicKeySet},
 };
 
+use super::lock;
 use crate::{App, Error, Result, services::accounts::now_ms};
 
 /// How long another server's key is trusted at most, whatever it says
@@ -56,10 +57,6 @@ enum FetchOutcome {
     /// The server answered without the wanted key: not asked again soon.
     Missing,
     Failed,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl App {
@@ -301,11 +298,7 @@ impl App {
 /// The keys of a keys response, if it is the named server's and signed by
 /// a key it lists: each verify key valid until the response says (at most
 /// seven days from `now`), each old key until it expired.
-pub fn verified_key_rows(
-    server: &ServerName,
-    obj: &CanonicalJsonObject,
-    now: i64,
-) -> Result<Vec<ServerKeyRow>, String> {
+fn verified_key_rows(server: &ServerName, obj: &CanonicalJsonObject, now: i64) -> Result<Vec<ServerKeyRow>, String> {
     let keys: ServerSigningKeys =
         serde_json::from_value(serde_json::to_value(obj).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     if keys.server_name != server {
@@ -380,9 +373,7 @@ fn to_object(json: serde_json::Value) -> Result<CanonicalJsonObject> {
 }
 
 fn to_raw<T>(obj: &CanonicalJsonObject) -> Result<Raw<T>> {
-    serde_json::value::to_raw_value(obj)
-        .map(Raw::from_json)
-        .map_err(|e| Error::Internal(format!("serialising keys: {e}")))
+    super::raw_json(obj).map(Raw::from_json)
 }
 
 #[cfg(test)]

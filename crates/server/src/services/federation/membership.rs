@@ -21,7 +21,10 @@ use ruma::{
 };
 use serde_json::{Value, json, value::RawValue as RawJsonValue};
 
-use crate::{App, Error, Result, services::rooms::RoomVersion};
+use crate::{
+    App, Error, Result,
+    services::rooms::{RoomVersion, Target},
+};
 
 /// How many events of a room's history are fetched when joining it.
 const HISTORY_ON_JOIN: u32 = 50;
@@ -29,10 +32,6 @@ const HISTORY_ON_JOIN: u32 = 50;
 /// The room versions this server can join.
 pub fn supported_versions() -> Vec<RoomVersionId> {
     vec![RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12]
-}
-
-fn to_raw(obj: &CanonicalJsonObject) -> Result<Box<RawJsonValue>> {
-    serde_json::value::to_raw_value(obj).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Stripped state events (as JSON text) from the PDUs or stripped events
@@ -60,8 +59,28 @@ fn stripped_of(state: &[RawStrippedState]) -> String {
     Value::from(stripped).to_string()
 }
 
+/// `M_INCOMPATIBLE_ROOM_VERSION` for a room of `version`.
+fn incompatible_room_version(version: &RoomVersionId) -> Error {
+    Error::Matrix {
+        status: http::StatusCode::BAD_REQUEST,
+        errcode: "M_INCOMPATIBLE_ROOM_VERSION",
+        message: format!("Room version {version} is not supported by both servers"),
+        extra: Some(
+            [("room_version".to_owned(), Value::from(version.to_string()))]
+                .into_iter()
+                .collect(),
+        ),
+    }
+}
+
 fn remote_error(e: crate::services::federation::incoming::PduRejection) -> Error {
-    Error::forbidden(e.to_string())
+    use crate::services::federation::incoming::PduRejection;
+    match e {
+        PduRejection::Invalid(m) => Error::bad_json(m),
+        PduRejection::Internal(m) => Error::Internal(m),
+        PduRejection::UnknownRoom => Error::not_found("Unknown room"),
+        e => Error::forbidden(e.to_string()),
+    }
 }
 
 /// The fields of a make_join/make_leave template this server builds on.
@@ -316,24 +335,17 @@ impl App {
                 &server,
                 prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned()),
             )
-            .await;
-        let pdu = match res {
-            Ok(res) => {
-                let version = RoomVersion::parse(res.room_version.as_ref().map_or("1", |v| v.as_str()))?;
-                let template: Template = serde_json::from_str(res.event.get())
-                    .map_err(|e| Error::bad_json(format!("leave template: {e}")))?;
-                let mut content = json!({ "membership": "leave" });
-                if let Some(r) = reason {
-                    content["reason"] = r.into();
-                }
-                let pdu = self.member_event_from_template(&version, room_id, user, content, template)?;
-                let send =
-                    create_leave_event::v2::Request::new(room_id.to_owned(), pdu.event_id.clone(), pdu.json.clone());
-                self.federation_request(&server, send).await?;
-                pdu
-            }
-            Err(e) => return Err(e),
-        };
+            .await?;
+        let version = RoomVersion::parse(res.room_version.as_ref().map_or("1", |v| v.as_str()))?;
+        let template: Template =
+            serde_json::from_str(res.event.get()).map_err(|e| Error::bad_json(format!("leave template: {e}")))?;
+        let mut content = json!({ "membership": "leave" });
+        if let Some(r) = reason {
+            content["reason"] = r.into();
+        }
+        let pdu = self.member_event_from_template(&version, room_id, user, content, template)?;
+        let send = create_leave_event::v2::Request::new(room_id.to_owned(), pdu.event_id.clone(), pdu.json.clone());
+        self.federation_request(&server, send).await?;
         let version = self
             .store
             .room(room_id.to_string())
@@ -469,16 +481,7 @@ impl App {
         self.check_server_acl(room_id, origin).await?;
         let version = self.room_version(room_id).await?;
         if !accepted_versions.is_empty() && !accepted_versions.contains(&version.id) {
-            return Err(Error::Matrix {
-                status: http::StatusCode::BAD_REQUEST,
-                errcode: "M_INCOMPATIBLE_ROOM_VERSION",
-                message: "Your server does not support this room's version".into(),
-                extra: Some(
-                    [("room_version".to_owned(), Value::from(version.id.to_string()))]
-                        .into_iter()
-                        .collect(),
-                ),
-            });
+            return Err(incompatible_room_version(&version.id));
         }
         // Only a server with a member in the room knows its state well
         // enough to vouch for a template.
@@ -489,11 +492,11 @@ impl App {
         if membership == "join" {
             self.authorise_restricted_join(room_id, user, &mut content).await?;
         }
-        let _guard = self.room_locks.lock(room_id, &self.store).await?;
-        let pdu = self
-            .build_checked(
-                room_id,
-                &version,
+        // Only a template: nothing is stored, so no room lock; send_join
+        // checks the signed event again.
+        let (pdu, _) = self
+            .build_local(
+                Target::Room(room_id, &version),
                 user,
                 NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content),
             )
@@ -503,17 +506,11 @@ impl App {
         obj.remove("signatures");
         obj.remove("hashes");
         obj.remove("event_id");
-        Ok((version.id, to_raw(&obj)?))
+        Ok((version.id, super::raw_json(&obj)?))
     }
 
     pub(crate) async fn has_local_member(&self, room_id: &RoomId) -> Result<bool> {
-        Ok(self
-            .store
-            .joined_members(room_id.to_string())
-            .await?
-            .iter()
-            .filter_map(|u| <&UserId>::try_from(u.as_str()).ok())
-            .any(|u| u.server_name() == self.server_name))
+        self.server_in_room(room_id, &self.server_name).await
     }
 
     /// A membership event of another server's user, signed by it
@@ -618,16 +615,7 @@ impl App {
         raw: &RawJsonValue,
         invite_state: &[RawStrippedState],
     ) -> Result<Box<RawJsonValue>> {
-        let version = RoomVersion::parse(version_id.as_str()).map_err(|_| Error::Matrix {
-            status: http::StatusCode::BAD_REQUEST,
-            errcode: "M_INCOMPATIBLE_ROOM_VERSION",
-            message: "This server does not support the room's version".into(),
-            extra: Some(
-                [("room_version".to_owned(), Value::from(version_id.to_string()))]
-                    .into_iter()
-                    .collect(),
-            ),
-        })?;
+        let version = RoomVersion::parse(version_id.as_str()).map_err(|_| incompatible_room_version(version_id))?;
         if self.store.room(room_id.to_string()).await?.is_some() {
             self.check_server_acl(room_id, origin).await?;
         }
@@ -667,6 +655,6 @@ impl App {
                 .await?;
             self.notify();
         }
-        to_raw(&obj)
+        super::raw_json(&obj)
     }
 }

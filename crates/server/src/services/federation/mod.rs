@@ -68,11 +68,17 @@ impl Federation {
     pub(crate) fn allows(&self, server: &ServerName) -> bool {
         self.allowed.as_ref().is_none_or(|a| a.contains(server))
     }
+}
 
-    /// The allow-listed servers, if there is a list.
-    pub fn allowed_servers(&self) -> Option<impl Iterator<Item = &ServerName>> {
-        self.allowed.as_ref().map(|a| a.iter().map(|s| &**s))
-    }
+/// A JSON object as raw JSON, for the API types that carry it so.
+pub(crate) fn raw_json(obj: &ruma::CanonicalJsonObject) -> Result<Box<serde_json::value::RawValue>> {
+    serde_json::value::to_raw_value(obj).map_err(|e| crate::Error::Internal(format!("serialising JSON: {e}")))
+}
+
+/// A mutex guard, whatever a panicking holder left behind (the caches it
+/// guards stay usable).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The CAs trusted for outgoing federation: the public web PKI roots and,

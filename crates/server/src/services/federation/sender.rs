@@ -14,7 +14,7 @@ use ruma::{
     api::federation::transactions::send_transaction_message, serde::Raw,
 };
 
-use crate::{App, Result};
+use crate::{App, Result, services::accounts::now_ms};
 
 /// How often queues are looked at without a wake-up (retries, other
 /// processes' entries).
@@ -27,10 +27,6 @@ pub struct Sender {
     busy: Mutex<HashSet<String>>,
     /// Destinations backing off after a failure.
     failing: Mutex<HashSet<String>>,
-}
-
-fn now_ms() -> i64 {
-    u64::from(MilliSecondsSinceUnixEpoch::now().get()) as i64
 }
 
 impl App {
@@ -56,18 +52,20 @@ impl App {
 
     /// The other servers with a member joined to the room.
     pub async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
-        let mut out: Vec<OwnedServerName> = self
-            .store
-            .joined_members(room_id.to_string())
-            .await?
-            .into_iter()
-            .filter_map(|u| ruma::OwnedUserId::try_from(u).ok())
+        Ok(self.other_servers(self.store.joined_members(room_id.to_string()).await?))
+    }
+
+    /// The servers of these users, this one left out, each once.
+    pub fn other_servers(&self, users: Vec<String>) -> Vec<OwnedServerName> {
+        let mut out: Vec<OwnedServerName> = users
+            .iter()
+            .filter_map(|u| <&ruma::UserId>::try_from(u.as_str()).ok())
             .map(|u| u.server_name().to_owned())
             .filter(|s| *s != self.server_name)
             .collect();
         out.sort();
         out.dedup();
-        Ok(out)
+        out
     }
 
     /// Something was queued: look at the queues now.
@@ -133,9 +131,11 @@ impl App {
         let Ok(server) = OwnedServerName::try_from(dest) else {
             return;
         };
-        // One sender per destination across processes.
-        let lease = match self.store.lease_room(&format!("federation:{dest}")).await {
-            Ok(l) => l,
+        // One sender per destination across processes: one that another
+        // process is sending is left to it (it is tried again at the next tick).
+        let lease = match self.store.try_lease(&format!("federation:{dest}")).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
             Err(e) => {
                 tracing::debug!("no lease on {dest}: {e}");
                 return;
