@@ -58,7 +58,7 @@ async fn bad_requests_get_matrix_errors_and_change_nothing() {
         .call(
             "POST",
             "/_matrix/client/v3/createRoom",
-            Some(json!({ "room_version": "1" })),
+            Some(json!({ "room_version": "13" })),
         )
         .await;
     assert_eq!((r.status, r.errcode()), (400, "M_UNSUPPORTED_ROOM_VERSION"));

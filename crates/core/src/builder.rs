@@ -1,10 +1,13 @@
 //! Building a new local event: fill in the PDU fields, hash, sign, and derive
 //! its event ID (and, for a v12 create event, the room ID) from the reference hash.
 
+use std::collections::HashMap;
+
+use rand::Rng;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, UserId,
     events::TimelineEventType,
-    room_version_rules::{RoomIdFormatVersion, RoomVersionRules},
+    room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomIdFormatVersion, RoomVersionRules},
     signatures::{Ed25519KeyPair, hash_and_sign_event, reference_hash},
 };
 
@@ -56,6 +59,9 @@ pub struct Prev<'a> {
     pub prev_events: Vec<OwnedEventId>,
     pub auth_events: Vec<OwnedEventId>,
     pub depth: u64,
+    /// The SHA-256 content hashes of the events named above, which rooms of
+    /// versions 1 and 2 carry beside each reference; unused later.
+    pub ref_hashes: HashMap<OwnedEventId, String>,
 }
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
@@ -76,10 +82,38 @@ pub fn build_pdu(
         Ok(_) => return Err(BuildError::ContentNotObject),
         Err(e) => return Err(BuildError::Json(e.to_string())),
     };
+    let with_hashes = matches!(rules.events_reference_format, EventsReferenceFormatVersion::V1);
     let ids = |v: Vec<OwnedEventId>| {
-        CanonicalJsonValue::Array(v.into_iter().map(|e| CanonicalJsonValue::String(e.into())).collect())
+        CanonicalJsonValue::Array(
+            v.into_iter()
+                .map(|e| {
+                    if !with_hashes {
+                        return CanonicalJsonValue::String(e.into());
+                    }
+                    let mut hashes = CanonicalJsonObject::new();
+                    if let Some(h) = prev.ref_hashes.get(&e) {
+                        hashes.insert("sha256".into(), CanonicalJsonValue::String(h.clone()));
+                    }
+                    CanonicalJsonValue::Array(vec![
+                        CanonicalJsonValue::String(e.into()),
+                        CanonicalJsonValue::Object(hashes),
+                    ])
+                })
+                .collect(),
+        )
     };
     let mut obj = CanonicalJsonObject::new();
+    // Versions 1 and 2: the ID is chosen by the sending server and signed
+    // with the event; later versions derive it from the event's hash.
+    let chosen_id = match rules.event_id_format {
+        EventIdFormatVersion::V1 => {
+            let id = OwnedEventId::try_from(format!("${}:{server_name}", opaque_id()))
+                .map_err(|e| BuildError::Json(e.to_string()))?;
+            obj.insert("event_id".into(), CanonicalJsonValue::String(id.to_string()));
+            Some(id)
+        }
+        _ => None,
+    };
     obj.insert("auth_events".into(), ids(prev.auth_events));
     obj.insert("prev_events".into(), ids(prev.prev_events));
     obj.insert("content".into(), CanonicalJsonValue::Object(content));
@@ -121,7 +155,10 @@ pub fn build_pdu(
         ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
         e => BuildError::Json(e.to_string()),
     })?;
-    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| BuildError::Json(e.to_string()))?;
+    let event_id = match chosen_id {
+        Some(id) => id,
+        None => OwnedEventId::try_from(format!("${hash}")).map_err(|e| BuildError::Json(e.to_string()))?,
+    };
     let json = serde_json::to_string(&obj).map_err(|e| BuildError::Json(e.to_string()))?;
     if json.len() > MAX_PDU_BYTES {
         return Err(BuildError::TooLarge);
@@ -134,4 +171,14 @@ pub fn build_pdu(
         None => None,
     };
     Ok(Pdu::from_canonical(event_id, room_id.as_deref(), &obj)?)
+}
+
+/// The locally unique part of a version 1 or 2 event ID: 18 random
+/// letters and digits (107 bits).
+fn opaque_id() -> String {
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(18)
+        .map(char::from)
+        .collect()
 }

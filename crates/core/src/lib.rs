@@ -6,13 +6,16 @@ pub mod auth;
 pub mod builder;
 pub mod pdu;
 pub mod signing_key;
+pub mod state_res_v1;
 pub mod visibility;
 
 pub use ruma;
 
-/// Room versions this server can create and join, the default first.
-pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["12", "11", "10"];
-/// The version `/createRoom` uses when the client names none.
+/// Room versions this server can create and join: every stable version,
+/// newest first.
+pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["12", "11", "10", "9", "8", "7", "6", "5", "4", "3", "2", "1"];
+/// The version `/createRoom` uses when neither the client nor the
+/// configuration (`default_room_version`) names one.
 pub const DEFAULT_ROOM_VERSION: &str = "12";
 
 use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};

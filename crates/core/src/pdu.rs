@@ -3,6 +3,7 @@
 use ruma::{
     CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
     events::TimelineEventType,
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
 };
 use serde::Deserialize;
 use serde_json::value::RawValue as RawJsonValue;
@@ -45,13 +46,70 @@ struct PduFields {
     kind: TimelineEventType,
     content: Box<RawJsonValue>,
     state_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_refs")]
     prev_events: Vec<OwnedEventId>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_refs")]
     auth_events: Vec<OwnedEventId>,
     redacts: Option<OwnedEventId>,
     #[serde(default)]
     depth: u64,
+}
+
+/// An event named in `prev_events` or `auth_events`: its ID alone (room
+/// versions 3 and later), or its ID and hashes (versions 1 and 2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventRef {
+    Id(OwnedEventId),
+    WithHashes(OwnedEventId, RefHashes),
+}
+
+#[derive(Deserialize)]
+struct RefHashes {
+    sha256: Option<String>,
+}
+
+impl EventRef {
+    fn into_parts(self) -> (OwnedEventId, Option<String>) {
+        match self {
+            EventRef::Id(id) => (id, None),
+            EventRef::WithHashes(id, h) => (id, h.sha256),
+        }
+    }
+}
+
+/// Reads the event IDs of `prev_events` or `auth_events` in either format.
+pub fn event_refs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<OwnedEventId>, D::Error> {
+    Ok(Vec::<EventRef>::deserialize(d)?
+        .into_iter()
+        .map(|r| r.into_parts().0)
+        .collect())
+}
+
+/// Reads `prev_events` or `auth_events` with the hashes that versions 1
+/// and 2 carry beside each ID (`None` in later versions).
+pub fn event_refs_with_hashes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(OwnedEventId, Option<String>)>, D::Error> {
+    Ok(Vec::<EventRef>::deserialize(d)?
+        .into_iter()
+        .map(EventRef::into_parts)
+        .collect())
+}
+
+/// The ID of an event of a room with these rules: the `event_id` its JSON
+/// carries in versions 1 and 2, its reference hash from version 3 on.
+pub fn event_id_for(obj: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<OwnedEventId, PduError> {
+    if matches!(rules.event_id_format, EventIdFormatVersion::V1) {
+        return match obj.get("event_id") {
+            Some(ruma::CanonicalJsonValue::String(s)) => {
+                OwnedEventId::try_from(s.as_str()).map_err(|e| PduError::Invalid(format!("invalid event_id: {e}")))
+            }
+            _ => Err(PduError::Invalid("missing event_id".into())),
+        };
+    }
+    let hash = ruma::signatures::reference_hash(obj, rules).map_err(|e| PduError::Invalid(e.to_string()))?;
+    OwnedEventId::try_from(format!("${hash}")).map_err(|e| PduError::Invalid(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -107,6 +165,15 @@ impl Pdu {
     ) -> Result<Self, PduError> {
         let json = serde_json::value::to_raw_value(obj)?;
         Self::from_json(event_id, room_id, json)
+    }
+
+    /// The SHA-256 content hash the event carries (`hashes.sha256`).
+    pub fn content_hash(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct H {
+            hashes: RefHashes,
+        }
+        serde_json::from_str::<H>(self.json.get()).ok()?.hashes.sha256
     }
 
     pub fn is_state(&self) -> bool {

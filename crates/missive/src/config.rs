@@ -16,7 +16,7 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     config
         .apply_env(|k| std::env::var(k).ok())
         .map_err(anyhow::Error::msg)?;
-    config.federation.check().map_err(anyhow::Error::msg)?;
+    config.check().map_err(anyhow::Error::msg)?;
     Ok(config)
 }
 

@@ -58,7 +58,7 @@ pub struct Config {
     /// TURN server URIs handed to calling clients (`turn:turn.example.gouv:3478?transport=udp`, …).
     pub turn_uris: Vec<String>,
     /// The secret shared with the TURN server (coturn's `static-auth-secret`);
-    /// without it `/voip/turnServer` answers 404.
+    /// without it `/voip/turnServer` answers `{}` (no relay).
     pub turn_shared_secret: Option<String>,
     /// How long TURN credentials stay valid, in seconds.
     pub turn_ttl_secs: u64,
@@ -86,8 +86,50 @@ pub struct Config {
     /// previews may reach although they are not public: for test deployments
     /// or an intranet whose pages should be previewed.
     pub url_preview_ip_allowlist: Vec<crate::services::url_preview::IpRange>,
+    /// Whom users and other administrators contact about this server
+    /// (`[support]` table), served as `/.well-known/matrix/support`.
+    pub support: SupportConfig,
+    /// PEM file of extra certificate authorities the push client trusts,
+    /// beside the system's store: for a push gateway behind the ministry's
+    /// own CA.
+    pub push_ca_file: Option<PathBuf>,
+    /// Whether anyone may get a guest account (`/register?kind=guest`)
+    /// without credentials: it reads world-readable rooms and joins those
+    /// whose `m.room.guest_access` is `can_join`, and nothing else.
+    pub allow_guest_access: bool,
+    /// Whether a signed-in user may get a single-use login token for a new
+    /// device (`/login/get_token`, used for QR-code login), after proving
+    /// their password again. The token lasts two minutes.
+    pub login_token_enabled: bool,
+    /// The room version `/createRoom` uses when the client names none
+    /// (any stable version, `1` to `12`). Version 12 rooms have IDs without
+    /// a server part, which some older clients and servers cannot parse:
+    /// `10` or `11` keeps them working.
+    pub default_room_version: String,
     /// Talking to other Matrix servers (`[federation]` table); off unless `listen` is set.
     pub federation: FederationConfig,
+}
+
+/// The `[support]` table: contacts published for clients and other servers.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupportConfig {
+    /// `[[support.contacts]]`: each with a `role` (`m.role.admin` or
+    /// `m.role.security`) and a `matrix_id`, an `email_address` or both.
+    pub contacts: Vec<SupportContact>,
+    /// A web page about getting help with this server.
+    pub page: Option<String>,
+}
+
+/// One support contact.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportContact {
+    pub role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix_id: Option<ruma::OwnedUserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
 }
 
 /// The `[federation]` table: the Server-Server API.
@@ -176,6 +218,11 @@ impl Default for Config {
             user_directory_search_all_users: false,
             url_previews: false,
             url_preview_ip_allowlist: vec![],
+            default_room_version: missive_core::DEFAULT_ROOM_VERSION.to_owned(),
+            login_token_enabled: true,
+            allow_guest_access: false,
+            push_ca_file: None,
+            support: SupportConfig::default(),
             federation: FederationConfig::default(),
         }
     }
@@ -190,6 +237,24 @@ pub enum Database {
 }
 
 impl Config {
+    /// Whether the settings fit together (the `[federation]` table's own
+    /// checks, and a room version this server supports).
+    pub fn check(&self) -> Result<(), String> {
+        if !missive_core::SUPPORTED_ROOM_VERSIONS.contains(&self.default_room_version.as_str()) {
+            return Err(format!(
+                "default_room_version {:?} is not a supported room version ({})",
+                self.default_room_version,
+                missive_core::SUPPORTED_ROOM_VERSIONS.join(", ")
+            ));
+        }
+        for c in &self.support.contacts {
+            if c.matrix_id.is_none() && c.email_address.is_none() {
+                return Err("each [[support.contacts]] needs a matrix_id or an email_address".into());
+            }
+        }
+        self.federation.check()
+    }
+
     /// The database to open: the configured URL, or SQLite under `data_dir`.
     pub fn database(&self) -> Database {
         match &self.database_url {
@@ -255,6 +320,15 @@ impl Config {
                 .map(str::parse)
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("MISSIVE_URL_PREVIEW_IP_ALLOWLIST: {e}"))?;
+        }
+        if let Some(v) = get("MISSIVE_GUEST_ACCESS") {
+            self.allow_guest_access = matches!(v.as_str(), "1" | "true" | "on" | "yes");
+        }
+        if let Some(v) = get("MISSIVE_PUSH_CA") {
+            self.push_ca_file = Some(v.into());
+        }
+        if let Some(v) = get("MISSIVE_DEFAULT_ROOM_VERSION") {
+            self.default_room_version = v;
         }
         let fed = &mut self.federation;
         if let Some(v) = get("MISSIVE_FEDERATION_LISTEN") {

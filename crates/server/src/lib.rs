@@ -17,7 +17,7 @@ use ruma::{OwnedServerName, signatures::Ed25519KeyPair};
 
 pub use config::{Config, Registration};
 pub use error::{Error, Result};
-pub use router::router;
+pub use router::{BodyConsumed, router};
 
 use services::{media::Media, presence::Presence, rooms::RoomLocks, typing::Typing, uia::UiaSessions};
 
@@ -39,6 +39,10 @@ pub struct AppInner {
     pub push: services::push::Push,
     /// Simplified sliding sync connections and the positions they were sent.
     pub sliding_connections: services::sliding_sync::Connections,
+    /// When this process last recorded each device as seen.
+    pub device_activity: services::accounts::DeviceActivity,
+    /// Member events each device holds, for lazy-loading `/sync`.
+    pub lazy_members: services::sync::LazyMembers,
     pub rate_limiter: services::ratelimit::RateLimiter,
     pub password_hashing: services::accounts::PasswordHashing,
     /// Tells this process's messages to other processes from its own.
@@ -80,7 +84,7 @@ impl App {
         let key = missive_core::signing_key::load(&der, &version).map_err(|e| Error::Internal(e.to_string()))?;
         let (notifier, _) = tokio::sync::watch::channel(0);
         let media = Media::on_disk(&config.data_dir);
-        let (push, push_worker) = services::push::Push::new();
+        let (push, push_worker) = services::push::Push::new(&config)?;
         let federation = services::federation::Federation::new(&config)?;
         let app = App(Arc::new(AppInner {
             config,
@@ -98,6 +102,8 @@ impl App {
             media,
             push,
             sliding_connections: Default::default(),
+            lazy_members: Default::default(),
+            device_activity: Default::default(),
             process_id: services::accounts::random_string(16),
             federation,
             fed_sender: Default::default(),

@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 use ruma::api::client::{
     account, alias, backup, config, context, dehydrated_device, device, directory, discovery, filter, keys, membership,
     message, presence, profile, read_marker, receipt, redact, relations, room, session, state, sync::sync_events, tag,
-    threads, to_device, typing,
+    thirdparty, threads, to_device, typing,
 };
 
 use crate::{App, Error, api::client as c, ruma_wrapper::RouterExt};
@@ -21,13 +21,15 @@ pub fn router(app: App) -> Router {
         // Discovery
         .ruma::<discovery::get_supported_versions::Request, _, _>(c::discovery::versions)
         .ruma::<discovery::discover_homeserver::Request, _, _>(c::discovery::well_known)
-        .ruma::<discovery::get_capabilities::v3::Request, _, _>(c::discovery::capabilities)
+        .ruma_json::<discovery::discover_support::Request, _, _, _>(c::discovery::support)
+        .ruma_json::<discovery::get_capabilities::v3::Request, _, _, _>(c::discovery::capabilities)
         // Accounts and sessions
         .ruma::<account::register::v3::Request, _, _>(c::register::register)
         .ruma::<account::get_username_availability::v3::Request, _, _>(c::register::available)
         .ruma::<account::check_registration_token_validity::v1::Request, _, _>(c::register::token_validity)
         .ruma::<session::get_login_types::v3::Request, _, _>(c::session::login_types)
         .ruma::<session::login::v3::Request, _, _>(c::session::login)
+        .ruma::<session::get_login_token::v1::Request, _, _>(c::session::get_login_token)
         .ruma::<session::logout::v3::Request, _, _>(c::session::logout)
         .ruma::<session::logout_all::v3::Request, _, _>(c::session::logout_all)
         .ruma::<session::refresh_token::v3::Request, _, _>(c::session::refresh)
@@ -35,17 +37,30 @@ pub fn router(app: App) -> Router {
         .ruma::<account::request_openid_token::v3::Request, _, _>(c::account::openid_token)
         .ruma::<account::change_password::v3::Request, _, _>(c::account::change_password)
         .ruma::<account::deactivate::v3::Request, _, _>(c::account::deactivate)
+        .ruma_json::<account::get_3pids::v3::Request, _, _, _>(c::account::threepids)
+        .ruma_also::<ruma::api::client::admin::get_user_info::v3::Request, _, _, _>(
+            &[
+                "/_matrix/client/api/v1/admin/whois/{user_id}",
+                "/_matrix/client/v1/admin/whois/{user_id}",
+            ],
+            c::account::whois,
+        )
         .ruma::<device::get_devices::v3::Request, _, _>(c::device::get_devices)
         .ruma::<device::get_device::v3::Request, _, _>(c::device::get_device)
         .ruma::<device::update_device::v3::Request, _, _>(c::device::update_device)
         .ruma::<device::delete_device::v3::Request, _, _>(c::device::delete_device)
         .ruma::<device::delete_devices::v3::Request, _, _>(c::device::delete_devices)
-        .ruma::<profile::get_profile::v3::Request, _, _>(c::profile::get_profile)
-        .ruma::<profile::get_display_name::v3::Request, _, _>(c::profile::get_displayname)
+        .merge(
+            // Readable without a token; a token that is sent must be valid.
+            Router::new()
+                .ruma::<profile::get_profile::v3::Request, _, _>(c::profile::get_profile)
+                .ruma::<profile::get_display_name::v3::Request, _, _>(c::profile::get_displayname)
+                .ruma::<profile::get_avatar_url::v3::Request, _, _>(c::profile::get_avatar_url)
+                .ruma::<profile::get_profile_field::v3::Request, _, _>(c::profile::get_field)
+                .route_layer(middleware::from_fn_with_state(app.clone(), valid_token_if_any)),
+        )
         .ruma::<profile::set_display_name::v3::Request, _, _>(c::profile::set_displayname)
-        .ruma::<profile::get_avatar_url::v3::Request, _, _>(c::profile::get_avatar_url)
         .ruma::<profile::set_avatar_url::v3::Request, _, _>(c::profile::set_avatar_url)
-        .ruma::<profile::get_profile_field::v3::Request, _, _>(c::profile::get_field)
         .ruma::<profile::set_profile_field::v3::Request, _, _>(c::profile::set_field)
         .ruma::<profile::delete_profile_field::v3::Request, _, _>(c::profile::delete_field)
         // Rooms
@@ -65,7 +80,11 @@ pub fn router(app: App) -> Router {
         .ruma::<membership::unban_user::v3::Request, _, _>(c::membership::unban)
         .ruma::<membership::joined_rooms::v3::Request, _, _>(c::membership::joined_rooms)
         .ruma::<membership::get_member_events::v3::Request, _, _>(c::membership::members)
-        .ruma::<membership::joined_members::v3::Request, _, _>(c::membership::joined_members)
+        .ruma_json::<membership::joined_members::v3::Request, _, _, _>(c::membership::joined_members)
+        .ruma_also::<membership::mutual_rooms::unstable::Request, _, _, _>(
+            &["/_matrix/client/v1/mutual_rooms"],
+            c::membership::mutual_rooms,
+        )
         .ruma::<state::get_state_events::v3::Request, _, _>(c::state::get_state)
         .ruma::<state::get_state_event_for_key::v3::Request, _, _>(c::state::get_state_for_key)
         .ruma::<state::send_state_event::v3::Request, _, _>(c::state::send_state)
@@ -82,6 +101,8 @@ pub fn router(app: App) -> Router {
         .ruma::<room::report_room::v3::Request, _, _>(c::reporting::report_room)
         .ruma::<ruma::api::client::reporting::report_user::v3::Request, _, _>(c::reporting::report_user)
         .ruma::<ruma::api::client::peeking::get_current_state::v3::Request, _, _>(c::initial_sync::room_initial_sync)
+        .route(c::events::PATHS[0], axum::routing::get(c::events::events))
+        .route(c::events::PATHS[1], axum::routing::get(c::events::events))
         .ruma::<ruma::api::client::space::get_hierarchy::v1::Request, _, _>(c::space::hierarchy)
         // Events
         .ruma::<message::send_message_event::v3::Request, _, _>(c::message::send)
@@ -101,7 +122,7 @@ pub fn router(app: App) -> Router {
                 .layer(middleware::map_request(default_threads_include)),
         )
         // Sync and per-user data
-        .ruma::<sync_events::v3::Request, _, _>(c::sync::sync)
+        .ruma_json::<sync_events::v3::Request, _, _, _>(c::sync::sync)
         .ruma::<sync_events::v5::Request, _, _>(c::sliding_sync::sync)
         .ruma::<filter::create_filter::v3::Request, _, _>(c::sync::create)
         .ruma::<filter::get_filter::v3::Request, _, _>(c::sync::get)
@@ -112,12 +133,22 @@ pub fn router(app: App) -> Router {
         .ruma::<tag::get_tags::v3::Request, _, _>(c::account_data::get_tags)
         .ruma::<tag::create_tag::v3::Request, _, _>(c::account_data::create_tag)
         .ruma::<tag::delete_tag::v3::Request, _, _>(c::account_data::delete_tag)
-        .ruma::<typing::create_typing_event::v3::Request, _, _>(c::typing::typing)
+        .merge(
+            Router::new()
+                .ruma::<typing::create_typing_event::v3::Request, _, _>(c::typing::typing)
+                .layer(middleware::from_fn(default_typing_timeout)),
+        )
         .ruma::<receipt::create_receipt::v3::Request, _, _>(c::receipt::create)
         .ruma::<read_marker::set_read_marker::v3::Request, _, _>(c::receipt::read_markers)
         .ruma::<presence::set_presence::v3::Request, _, _>(c::presence::set)
         .ruma::<presence::get_presence::v3::Request, _, _>(c::presence::get)
-        .ruma::<ruma::api::client::voip::get_turn_server_info::v3::Request, _, _>(c::voip::turn_server)
+        .ruma::<thirdparty::get_protocols::v3::Request, _, _>(c::thirdparty::protocols)
+        .ruma::<thirdparty::get_protocol::v3::Request, _, _>(c::thirdparty::protocol)
+        .ruma::<thirdparty::get_location_for_protocol::v3::Request, _, _>(c::thirdparty::locations_for_protocol)
+        .ruma::<thirdparty::get_user_for_protocol::v3::Request, _, _>(c::thirdparty::users_for_protocol)
+        .ruma::<thirdparty::get_location_for_room_alias::v3::Request, _, _>(c::thirdparty::locations_for_alias)
+        .ruma::<thirdparty::get_user_for_user_id::v3::Request, _, _>(c::thirdparty::users_for_user_id)
+        .ruma_json::<ruma::api::client::voip::get_turn_server_info::v3::Request, _, _, _>(c::voip::turn_server)
         // Push rules, pushers and notifications
         .merge(
             Router::new()
@@ -135,6 +166,12 @@ pub fn router(app: App) -> Router {
                 .ruma::<ruma::api::client::push::get_pushers::v3::Request, _, _>(c::push::get_pushers)
                 .ruma::<ruma::api::client::push::set_pusher::v3::Request, _, _>(c::push::set_pusher)
                 .ruma::<ruma::api::client::push::get_notifications::v3::Request, _, _>(c::push::notifications)
+                .merge(push_kind_lists())
+                // What no push route matched still goes through the check.
+                .route(
+                    "/_matrix/client/{version}/pushrules/{*rest}",
+                    axum::routing::any(unrecognized),
+                )
                 .layer(middleware::from_fn(c::push::check_rule_kind)),
         )
         // Content repository
@@ -168,10 +205,24 @@ pub fn router(app: App) -> Router {
         .ruma::<backup::delete_backup_keys_for_room::v3::Request, _, _>(c::backup::delete_room_keys)
         .ruma::<backup::delete_backup_keys_for_session::v3::Request, _, _>(c::backup::delete_session_key)
         .merge(crate::api::federation::routes(Router::new()))
-        .fallback(|| async { Error::unrecognized("Unrecognized request") })
+        .fallback(unrecognized)
         .layer(middleware::from_fn(matrix_edges))
         .layer(middleware::from_fn(catch_panic))
         .with_state(app)
+}
+
+/// `GET /pushrules/global/{kind}/` for each kind of rule.
+fn push_kind_lists() -> Router<App> {
+    let mut router = Router::new();
+    for kind in c::push::KINDS {
+        let paths = c::push::kind_list_paths(kind);
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        router = router.ruma_at::<ruma::api::client::push::get_pushrules_global_scope::v3::Request, _, _, _>(
+            &paths,
+            move |app, req| c::push::get_kind_rules(app, req, kind),
+        );
+    }
+    router
 }
 
 /// The content repository, with its security headers on every response.
@@ -213,6 +264,46 @@ async fn default_threads_include(mut req: Request) -> Request {
     req
 }
 
+/// `{"typing": true}` without a `timeout` gets the default one. Typing
+/// bodies are a few bytes: a larger one is passed on untouched, for the
+/// extractor to bound and refuse.
+async fn default_typing_timeout(req: Request, next: Next) -> Response {
+    const SMALL: usize = 4096;
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, SMALL).await {
+        Ok(b) => b,
+        Err(_) => return Error::too_large("Request body too large").into_response(),
+    };
+    let patched = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut o))
+            if o.get("typing") == Some(&serde_json::Value::Bool(true)) && !o.contains_key("timeout") =>
+        {
+            o.insert("timeout".into(), c::typing::DEFAULT_TIMEOUT_MS.into());
+            serde_json::to_vec(&o).map(bytes::Bytes::from).unwrap_or(bytes)
+        }
+        _ => bytes,
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(patched)))
+        .await
+}
+
+/// On an endpoint open to anyone, a request that does send an access token
+/// is refused when the token is not valid (logged out, expired): a client
+/// learns at once that its session is gone, as from the reference server.
+async fn valid_token_if_any(
+    axum::extract::State(app): axum::extract::State<App>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Some(token) = crate::ruma_wrapper::access_token(&parts)
+        && let Err(e) = app.authenticate(&token).await
+    {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
 /// A panic in a handler becomes a Matrix 500, not a dropped connection.
 async fn catch_panic(req: Request, next: Next) -> Response {
     use futures_util::FutureExt;
@@ -222,15 +313,69 @@ async fn catch_panic(req: Request, next: Next) -> Response {
     }
 }
 
+/// `404 M_UNRECOGNIZED` for what no route serves. A small body is read
+/// first, so that the client may go on using the connection.
+async fn unrecognized(req: Request) -> Response {
+    let consumed = req.extensions().get::<BodyConsumed>().cloned();
+    let small = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= 64 * 1024);
+    if small {
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            axum::body::to_bytes(req.into_body(), 64 * 1024),
+        )
+        .await;
+        if let (Ok(Ok(_)), Some(c)) = (read, consumed) {
+            c.set();
+        }
+    }
+    Error::unrecognized("Unrecognized request").into_response()
+}
+
+/// Whether a request comes with a body to read.
+fn request_has_body(req: &Request) -> bool {
+    let h = req.headers();
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// Set once a handler has read the request's body to its end.
+#[derive(Clone, Default)]
+pub struct BodyConsumed(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl BodyConsumed {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// CORS for browser clients, and Matrix error bodies for requests the
 /// router itself refuses (wrong method, or a body axum rejected).
-async fn matrix_edges(req: Request, next: Next) -> Response {
+async fn matrix_edges(mut req: Request, next: Next) -> Response {
     let preflight = req.method() == Method::OPTIONS;
+    let has_body = request_has_body(&req);
+    let consumed = BodyConsumed::default();
+    req.extensions_mut().insert(consumed.clone());
     let mut res = if preflight {
         StatusCode::OK.into_response()
     } else {
         next.run(req).await
     };
+    // A body left unread (a refusal before it was needed, an unknown
+    // endpoint) makes hyper close the connection after answering, which a
+    // client reusing the connection meets as a dropped request: say so.
+    if has_body && !consumed.get() {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if res.status() == StatusCode::METHOD_NOT_ALLOWED && res.headers().get(header::CONTENT_TYPE).is_none() {
         res = Error::unrecognized_method().into_response();
     }

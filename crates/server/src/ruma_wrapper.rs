@@ -70,6 +70,9 @@ pub struct Ruma<R> {
     pub client_ip: Option<std::net::IpAddr>,
     /// The server that signed the request, on federation endpoints.
     pub origin: Option<OwnedServerName>,
+    /// The request's URI, for the query parameters of older paths that
+    /// ruma's request type does not read.
+    pub uri: http::Uri,
 }
 
 impl<R> Ruma<R> {
@@ -89,6 +92,13 @@ impl<R> Ruma<R> {
     pub fn device(&self) -> Result<&OwnedDeviceId> {
         Ok(&self.session()?.device_id)
     }
+    /// A query parameter of the request, as sent.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.uri.query()?.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
     /// The authenticated server on a federation endpoint.
     pub fn origin(&self) -> Result<&ServerName> {
         self.origin
@@ -164,19 +174,77 @@ where
 {
     /// Authenticates and parses a request whose body is of the given kind.
     pub async fn extract(req: Request, app: &App, kind: BodyKind) -> Result<Self> {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
+        let consumed = parts.extensions.get::<crate::BodyConsumed>().cloned();
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let (result, body) = match Self::extract_parts(parts, body, app, kind, declared).await {
+            Ok(r) => (Ok(r), BodyLeft::Read),
+            Err((e, left)) => (Err(e), left),
+        };
+        let read = match body {
+            BodyLeft::Read => true,
+            BodyLeft::Dropped => false,
+            // Refused before its body was read: a small body is read
+            // anyway, so that the connection stays usable.
+            BodyLeft::Unread(body) => {
+                declared.is_some_and(|n| n <= EARLY_REFUSAL_DRAIN_BYTES)
+                    && matches!(
+                        tokio::time::timeout(
+                            std::time::Duration::from_secs(5),
+                            http_body_util::BodyExt::collect(body)
+                        )
+                        .await,
+                        Ok(Ok(_))
+                    )
+            }
+        };
+        if read && let Some(c) = &consumed {
+            c.set();
+        }
+        result
+    }
+
+    /// The work of [`extract`](Self::extract). On an error, the body if it
+    /// was not read.
+    async fn extract_parts(
+        mut parts: http::request::Parts,
+        body: axum::body::Body,
+        app: &App,
+        kind: BodyKind,
+        declared: Option<u64>,
+    ) -> std::result::Result<Self, (Error, BodyLeft)> {
+        macro_rules! early {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((e, BodyLeft::Unread(body))),
+                }
+            };
+        }
+        macro_rules! late {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((e, BodyLeft::Read)),
+                }
+            };
+        }
         let client_ip = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
-        let params = RawPathParams::from_request_parts(&mut parts, app)
-            .await
-            .map_err(|e| Error::invalid_param(e.to_string()))?;
+        let params = early!(
+            RawPathParams::from_request_parts(&mut parts, app)
+                .await
+                .map_err(|e| Error::invalid_param(e.to_string()))
+        );
         let mut args: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
-        // An empty trailing state key comes as a shorter path (see RouterExt).
-        while args.len() < R::_path_parameters().len() {
-            args.push(String::new());
-        }
+        // An empty trailing state key comes as a shorter path (see RouterExt);
+        // an extra path's extra parameters are not the endpoint's.
+        args.resize(R::_path_parameters().len(), String::new());
 
         // Who is asking comes before reading a body: nobody gets the server
         // to buffer a large upload without a valid token.
@@ -184,71 +252,125 @@ where
         let session = match (R::Authentication::RULE, access_token(&parts)) {
             (TokenRule::None, _) => None,
             (TokenRule::ServerSignatures, _) => {
-                server_auth = Some(server_signature(app, &parts).await?);
+                server_auth = Some(early!(server_signature(app, &parts).await));
                 None
             }
-            (_, Some(token)) => Some(app.authenticate(&token).await?),
+            (_, Some(token)) => Some(early!(app.authenticate(&token).await)),
             (TokenRule::Optional, None) => None,
             (TokenRule::Required, None) => {
-                return Err(Error::missing_token("Missing access token"));
+                return Err((Error::missing_token("Missing access token"), BodyLeft::Unread(body)));
             }
         };
 
+        if let Some(s) = &session
+            && s.is_guest
+        {
+            let route = parts.extensions.get::<axum::extract::MatchedPath>().map(|p| p.as_str());
+            if !route.is_some_and(|r| crate::api::client::guest::may(&parts.method, r)) {
+                return Err((guest_forbidden(), BodyLeft::Unread(body)));
+            }
+        }
+
         let limit = kind.limit(app, R::Authentication::RULE);
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(n) = declared.filter(|n| *n > limit as u64) {
             // A client still sending its body when the connection closes
             // sees a broken pipe, not the 413: read (and drop) a bounded
             // overshoot first so that it gets the answer.
+            let mut left = BodyLeft::Dropped;
             if n <= DRAIN_BYTES {
                 let drain = http_body_util::BodyExt::collect(body);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+                if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await {
+                    left = BodyLeft::Read;
+                }
             }
-            return Err(Error::too_large(too_large_message(kind, limit)));
+            return Err((Error::too_large(too_large_message(kind, limit)), left));
         }
-        let bytes = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| Error::too_large(too_large_message(kind, limit)))?;
+        let bytes = late!(
+            axum::body::to_bytes(body, limit)
+                .await
+                .map_err(|_| Error::too_large(too_large_message(kind, limit)))
+        );
 
         if kind == BodyKind::Json
             && !bytes.is_empty()
             && parts.method != http::Method::GET
             && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
         {
-            return Err(Error::not_json("Request body is not valid JSON"));
+            return Err((Error::not_json("Request body is not valid JSON"), BodyLeft::Read));
         }
-        let http_req = http::Request::from_parts(parts, bytes.clone());
+        // Clients omit the body of requests whose fields are all optional
+        // (matrix-nio's join sends none): no body reads as `{}`, as the
+        // reference server takes it. A required field still gets its error.
+        let body_bytes = if kind == BodyKind::Json
+            && bytes.is_empty()
+            && matches!(parts.method, http::Method::POST | http::Method::PUT)
+        {
+            bytes::Bytes::from_static(b"{}")
+        } else {
+            bytes.clone()
+        };
+        let uri = parts.uri.clone();
+        let http_req = http::Request::from_parts(parts, body_bytes.clone());
         let origin = match server_auth {
             Some((x, keys)) => {
-                x.verify_request(&http_req, &app.server_name, &keys)
-                    .map_err(|e| Error::unauthorized(format!("Invalid X-Matrix signature: {e}")))?;
+                late!(
+                    x.verify_request(&http_req, &app.server_name, &keys)
+                        .map_err(|e| Error::unauthorized(format!("Invalid X-Matrix signature: {e}")))
+                );
+                // Whatever it asks, a server that reaches us is up: what
+                // waits for it goes now, not at its next retry.
+                app.destination_seen(&x.origin).await;
                 Some(x.origin)
             }
             None => None,
         };
         // ruma's deserialisers can panic on some malformed bodies (a missing
         // `type` in /login): that is bad input, not a server fault.
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            R::try_from_http_request(http_req, &args)
-        }))
-        .map_err(|_| Error::bad_json("Malformed request body"))?;
-        let body = parsed.map_err(|e| Error::bad_json(e.to_string()))?;
+        let parsed = late!(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                R::try_from_http_request(http_req, &args)
+            }))
+            .map_err(|_| Error::bad_json("Malformed request body"))
+        );
+        let body = late!(parsed.map_err(|e| Error::bad_json(e.to_string())));
         Ok(Ruma {
             body,
             session,
             client_ip,
             origin,
+            uri,
             // An upload is in the parsed request already; no second copy.
             raw_body: match kind {
-                BodyKind::Json => bytes,
+                BodyKind::Json => body_bytes,
                 BodyKind::Upload => bytes::Bytes::new(),
             },
         })
     }
 }
+
+/// `403 M_GUEST_ACCESS_FORBIDDEN`: not for guest accounts.
+pub fn guest_forbidden() -> Error {
+    Error::Matrix {
+        status: http::StatusCode::FORBIDDEN,
+        errcode: "M_GUEST_ACCESS_FORBIDDEN",
+        message: "Guest access not allowed".into(),
+        extra: None,
+    }
+}
+
+/// What became of a request's body when its parsing failed.
+enum BodyLeft {
+    /// Read to its end.
+    Read,
+    /// Not read: the refusal came first.
+    Unread(axum::body::Body),
+    /// Partly read and dropped (too large to read through).
+    Dropped,
+}
+
+/// The largest body read after a refusal that came before it was needed
+/// (a bad token, say), to keep the connection open for the next request.
+const EARLY_REFUSAL_DRAIN_BYTES: u64 = 64 * 1024;
 
 /// The largest refused body still read to its end before the 413 is sent.
 const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
@@ -284,6 +406,39 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     }
 }
 
+/// A JSON body of our own making, for answers ruma's types cannot give:
+/// fields the reference server always sends that ruma leaves out when empty
+/// or default, and shapes ruma has no type for.
+pub struct JsonResponse(pub serde_json::Value);
+
+impl OutgoingResponse for JsonResponse {
+    fn try_into_http_response<T: Default + bytes::BufMut>(
+        self,
+    ) -> std::result::Result<http::Response<T>, ruma::api::error::IntoHttpError> {
+        let mut body = T::default();
+        body.put_slice(&serde_json::to_vec(&self.0)?);
+        let mut res = http::Response::new(body);
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Ok(res)
+    }
+}
+
+impl JsonResponse {
+    /// A ruma response as JSON, for `patch` to add what ruma leaves out.
+    pub fn from_ruma<T: OutgoingResponse>(res: T, patch: impl FnOnce(&mut serde_json::Value)) -> Result<Self> {
+        let http = res
+            .try_into_http_response::<Vec<u8>>()
+            .map_err(|e| Error::Internal(format!("response serialisation: {e}")))?;
+        let mut value: serde_json::Value =
+            serde_json::from_slice(http.body()).map_err(|e| Error::Internal(format!("response serialisation: {e}")))?;
+        patch(&mut value);
+        Ok(JsonResponse(value))
+    }
+}
+
 pub trait RouterExt {
     /// Serves the ruma endpoint `R` at every path its metadata lists.
     fn ruma<R, F, Fut>(self, handler: F) -> Self
@@ -293,6 +448,38 @@ pub trait RouterExt {
         R::OutgoingResponse: Send,
         F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static;
+
+    /// Like [`ruma`](Self::ruma), for a handler that answers with a
+    /// response of its own (usually [`JsonResponse`]).
+    fn ruma_json<R, F, Fut, O>(self, handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        O: OutgoingResponse + Send + 'static,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O>> + Send + 'static;
+
+    /// Like [`ruma_json`](Self::ruma_json), also at paths ruma does not list
+    /// (older or unstable paths clients still use). Their parameters come
+    /// in the same order as the endpoint's; extra ones are ignored.
+    fn ruma_also<R, F, Fut, O>(self, extra_paths: &[&str], handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        O: OutgoingResponse + Send + 'static,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O>> + Send + 'static;
+
+    /// Serves the request type `R` at other paths only, not its own: an
+    /// older version of the endpoint that takes the same request and
+    /// answers in another shape.
+    fn ruma_at<R, F, Fut, O>(self, paths: &[&str], handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        O: OutgoingResponse + Send + 'static,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O>> + Send + 'static;
 
     /// Like [`ruma`](Self::ruma), for an endpoint whose body is an uploaded
     /// file: raw bytes bounded by `max_upload_bytes`. The handler may answer
@@ -316,7 +503,45 @@ impl RouterExt for Router<App> {
         F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
     {
-        route_ruma(self, BodyKind::Json, handler)
+        route_ruma(self, BodyKind::Json, &[], handler)
+    }
+
+    fn ruma_json<R, F, Fut, O>(self, handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        O: OutgoingResponse + Send + 'static,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O>> + Send + 'static,
+    {
+        route_ruma(self, BodyKind::Json, &[], handler)
+    }
+
+    fn ruma_also<R, F, Fut, O>(self, extra_paths: &[&str], handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        O: OutgoingResponse + Send + 'static,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O>> + Send + 'static,
+    {
+        route_ruma(self, BodyKind::Json, extra_paths, handler)
+    }
+
+    fn ruma_at<R, F, Fut, O>(self, paths: &[&str], handler: F) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        O: OutgoingResponse + Send + 'static,
+        F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O>> + Send + 'static,
+    {
+        route_paths(
+            self,
+            BodyKind::Json,
+            paths.iter().map(|p| (*p).to_owned()).collect(),
+            handler,
+        )
     }
 
     fn ruma_upload<R, F, Fut, O>(self, handler: F) -> Self
@@ -327,11 +552,29 @@ impl RouterExt for Router<App> {
         F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<O>> + Send + 'static,
     {
-        route_ruma(self, BodyKind::Upload, handler)
+        route_ruma(self, BodyKind::Upload, &[], handler)
     }
 }
 
-fn route_ruma<R, F, Fut, O>(mut router: Router<App>, kind: BodyKind, handler: F) -> Router<App>
+fn route_ruma<R, F, Fut, O>(router: Router<App>, kind: BodyKind, extra_paths: &[&str], handler: F) -> Router<App>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthKind,
+    O: OutgoingResponse + Send + 'static,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<O>> + Send + 'static,
+{
+    let mut paths: BTreeSet<String> = R::PATH_BUILDER.all_paths().map(str::to_owned).collect();
+    paths.extend(extra_paths.iter().map(|p| (*p).to_owned()));
+    route_paths(router, kind, paths, handler)
+}
+
+fn route_paths<R, F, Fut, O>(
+    mut router: Router<App>,
+    kind: BodyKind,
+    mut paths: BTreeSet<String>,
+    handler: F,
+) -> Router<App>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthKind,
@@ -340,7 +583,6 @@ where
     Fut: Future<Output = Result<O>> + Send + 'static,
 {
     let filter = MethodFilter::try_from(R::METHOD).expect("standard HTTP method");
-    let mut paths: BTreeSet<String> = R::PATH_BUILDER.all_paths().map(str::to_owned).collect();
     // The router cannot match an empty segment, and clients send an
     // empty state key as `/state/{type}/` or `/state/{type}`.
     for p in paths.clone() {

@@ -57,13 +57,35 @@ impl Store {
         .await
     }
 
-    pub async fn create_user(&self, user_id: String, password_hash: Option<String>, is_admin: bool) -> Result<()> {
+    pub async fn create_user(
+        &self,
+        user_id: String,
+        password_hash: Option<String>,
+        is_admin: bool,
+        displayname: Option<String>,
+    ) -> Result<()> {
         self.write(move |tx, _| {
             let n = tx.execute(
-                "INSERT INTO users (user_id, password_hash, is_admin, created_ts) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                params![user_id, password_hash, is_admin, now_ms()],
+                "INSERT INTO users (user_id, password_hash, is_admin, displayname, created_ts) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![user_id, password_hash, is_admin, displayname, now_ms()],
             )?;
             if n == 0 { Err(StoreError::Exists) } else { Ok(()) }
+        })
+        .await
+    }
+
+    /// Creates a guest account: no password, marked as a guest.
+    pub async fn create_guest(&self, user_id: String) -> Result<()> {
+        self.write(move |tx, _| {
+            let n = tx.execute(
+                "INSERT INTO users (user_id, created_ts) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![user_id, now_ms()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Exists);
+            }
+            tx.execute("INSERT INTO guest_users (user_id) VALUES (?1)", [&user_id])?;
+            Ok(())
         })
         .await
     }
@@ -187,9 +209,22 @@ impl Store {
     }
 
     /// Creates (or re-uses, on re-login with the same device ID) a device with fresh tokens.
-    /// Tokens previously issued to that device are revoked.
-    pub async fn create_session(&self, s: NewSession) -> Result<()> {
-        self.write(move |tx, _| {
+    /// Tokens previously issued to that device are revoked. A new device is
+    /// a device-list change for everyone sharing a room with the user;
+    /// returns whether the device is new.
+    pub async fn create_session(&self, s: NewSession) -> Result<bool> {
+        self.write(move |tx, positions| {
+            let existed = tx
+                .query_row(
+                    "SELECT 1 FROM devices WHERE user_id = ?1 AND device_id = ?2",
+                    params![s.user_id, s.device_id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !existed {
+                crate::e2ee::record_device_change(tx, positions, &s.user_id, None)?;
+            }
             tx.execute(
                 "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (user_id, device_id) DO UPDATE SET display_name = COALESCE(excluded.display_name, devices.display_name)",
@@ -207,7 +242,7 @@ impl Store {
                     params![r, s.user_id, s.device_id],
                 )?;
             }
-            Ok(())
+            Ok(!existed)
         })
         .await
     }
@@ -215,13 +250,14 @@ impl Store {
     pub async fn token_owner(&self, token_hash: Vec<u8>) -> Result<Option<TokenOwner>> {
         self.read(move |c| {
             Ok(c.query_row(
-                "SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token_hash = ?1",
+                "SELECT t.user_id, t.device_id, t.expires_ts,                  EXISTS (SELECT 1 FROM guest_users g WHERE g.user_id = t.user_id)                  FROM access_tokens t WHERE t.token_hash = ?1",
                 [token_hash],
                 |r| {
                     Ok(TokenOwner {
                         user_id: r.get(0)?,
                         device_id: r.get(1)?,
                         expires_ts: r.get(2)?,
+                        is_guest: r.get(3)?,
                     })
                 },
             )
@@ -282,18 +318,32 @@ impl Store {
         .await
     }
 
+    /// Renames a device; whether it exists. A new name is a device-list
+    /// change (clients show the names of others' devices).
     pub async fn set_device_name(&self, user_id: String, device_id: String, name: Option<String>) -> Result<bool> {
-        self.write(move |tx, _| {
-            Ok(tx.execute(
-                "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
-                params![user_id, device_id, name],
-            )? > 0)
+        self.write(move |tx, positions| {
+            let old: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT display_name FROM devices WHERE user_id = ?1 AND device_id = ?2",
+                    params![user_id, device_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(old) = old else { return Ok(false) };
+            if old != name {
+                tx.execute(
+                    "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
+                    params![user_id, device_id, name],
+                )?;
+                crate::e2ee::record_device_change(tx, positions, &user_id, None)?;
+            }
+            Ok(true)
         })
         .await
     }
 
     pub async fn touch_device(&self, user_id: String, device_id: String, ip: Option<String>) -> Result<()> {
-        self.write(move |tx, _| {
+        self.write_unordered(move |tx| {
             tx.execute(
                 "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = COALESCE(?4, last_seen_ip) WHERE user_id = ?1 AND device_id = ?2",
                 params![user_id, device_id, now_ms(), ip],
@@ -371,6 +421,34 @@ impl Store {
                  AND (uses_allowed IS NULL OR completed < uses_allowed) AND (expiry_ts IS NULL OR expiry_ts > ?2)",
                 params![token, now_ms()],
             )? > 0)
+        })
+        .await
+    }
+
+    pub async fn create_login_token(&self, token_hash: Vec<u8>, user_id: String, expires_ts: i64) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute("DELETE FROM login_tokens WHERE expires_ts <= ?1", params![now_ms()])?;
+            tx.execute(
+                "INSERT INTO login_tokens (token_hash, user_id, expires_ts) VALUES (?1, ?2, ?3)",
+                params![token_hash, user_id, expires_ts],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Spends a login token: its user if it was valid, and it is gone either way.
+    pub async fn take_login_token(&self, token_hash: Vec<u8>) -> Result<Option<String>> {
+        self.write(move |tx, _| {
+            let row: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT user_id, expires_ts FROM login_tokens WHERE token_hash = ?1",
+                    [&token_hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            tx.execute("DELETE FROM login_tokens WHERE token_hash = ?1", [&token_hash])?;
+            Ok(row.filter(|(_, exp)| *exp > now_ms()).map(|(u, _)| u))
         })
         .await
     }

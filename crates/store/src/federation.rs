@@ -314,6 +314,21 @@ impl Store {
         .await
     }
 
+    /// Queues already stored PDUs for one destination (a server that just
+    /// joined and cannot have seen them).
+    pub async fn queue_pdus_for(&self, destination: String, event_ids: Vec<String>) -> Result<()> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        self.write_unordered(move |c| {
+            for id in &event_ids {
+                queue_pdu(c, id, std::slice::from_ref(&destination))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn mark_rejected(&self, event_id: String, room_id: String, reason: String, ts: i64) -> Result<()> {
         self.write(move |tx, _| {
             tx.execute(

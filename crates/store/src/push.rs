@@ -100,13 +100,21 @@ const PUSHER_COLS: &str = "user_id, app_id, pushkey, kind, json, pushkey_ts, dev
 impl Store {
     /// The `m.push_rules` global account data of each of these users who has set it.
     pub async fn push_rules_of(&self, users: Vec<String>) -> Result<HashMap<String, Value>> {
+        self.global_account_data_of(users, "m.push_rules").await
+    }
+
+    /// One type of global account data of each of these users who has it.
+    pub async fn global_account_data_of(
+        &self,
+        users: Vec<String>,
+        kind: &'static str,
+    ) -> Result<HashMap<String, Value>> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT content FROM account_data WHERE user_id = ?1 AND room_id = '' AND type = 'm.push_rules'",
-            )?;
+            let mut st =
+                c.prepare_cached("SELECT content FROM account_data WHERE user_id = ?1 AND room_id = '' AND type = ?2")?;
             let mut out = HashMap::new();
             for u in users {
-                let mut rows = st.query([&u])?;
+                let mut rows = st.query(params![&u, kind])?;
                 if let Some(row) = rows.next()? {
                     let s: String = row.get(0)?;
                     let v = serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -12,6 +12,10 @@ CREATE TABLE IF NOT EXISTS users (
     avatar_url TEXT,
     created_ts INTEGER NOT NULL
 );
+-- Guest accounts (`/register?kind=guest`, when `allow_guest_access` is on).
+CREATE TABLE IF NOT EXISTS guest_users (
+    user_id TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS devices (
     user_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
@@ -27,6 +31,13 @@ CREATE TABLE IF NOT EXISTS access_tokens (
     expires_ts INTEGER
 );
 CREATE INDEX IF NOT EXISTS access_tokens_device ON access_tokens (user_id, device_id);
+-- Short-lived single-use tokens an existing session hands a new device
+-- (`/login/get_token`, then `m.login.token`), stored hashed.
+CREATE TABLE IF NOT EXISTS login_tokens (
+    token_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    expires_ts INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refresh_tokens (
     token_hash BLOB PRIMARY KEY,
     user_id TEXT NOT NULL,

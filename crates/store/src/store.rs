@@ -44,8 +44,11 @@ pub(crate) struct Inner {
     backend: Backend,
     next_reader: AtomicUsize,
     upto: AtomicI64,
-    /// Sends `upto` when a commit of another process moves it (PostgreSQL).
+    /// Sends `upto` at each commit of another process (PostgreSQL).
     others_committed: tokio::sync::watch::Sender<i64>,
+    /// This process's own recent commits, whose notifications come back
+    /// through the listener like everyone's (PostgreSQL).
+    own_commits: Mutex<std::collections::VecDeque<i64>>,
     /// Messages other processes published (PostgreSQL).
     messages: tokio::sync::broadcast::Sender<String>,
     /// Connections that hold room leases, idle ones kept for the next.
@@ -215,6 +218,7 @@ impl Store {
                 next_reader: AtomicUsize::new(0),
                 upto: AtomicI64::new(upto),
                 others_committed: tokio::sync::watch::channel(upto).0,
+                own_commits: Mutex::new(std::collections::VecDeque::new()),
                 messages: tokio::sync::broadcast::channel(1024).0,
                 lease_conns: Mutex::new(Vec::new()),
                 lease_slots: Arc::new(tokio::sync::Semaphore::new(LEASES)),
@@ -359,6 +363,25 @@ impl Store {
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
+
+    /// Runs `f`, which takes no stream position, as a write outside the
+    /// order of positioned writes: on PostgreSQL it does not queue on the
+    /// stream counter behind every send of every process (one statement,
+    /// or several in a transaction `f` opens itself).
+    pub(crate) async fn write_unordered<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Conn<'_>) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || match &inner.backend {
+            // SQLite has one writer whatever the write.
+            Backend::Sqlite { .. } => inner.write_blocking(|c, _| f(c)),
+            Backend::Postgres { .. } => inner.read_blocking(f),
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
 }
 
 /// A room held against other processes; see [`Store::lease_room`].
@@ -455,6 +478,12 @@ impl Inner {
                 drop_if_lost(&mut slot, &r);
                 let (out, upto) = r?;
                 if let Some(upto) = upto {
+                    if let Ok(mut own) = self.own_commits.lock() {
+                        if own.len() >= OWN_COMMITS_KEPT {
+                            own.pop_front();
+                        }
+                        own.push_back(upto);
+                    }
                     self.advance(upto);
                 }
                 Ok(out)
@@ -467,15 +496,29 @@ impl Inner {
         upto > self.upto.fetch_max(upto, Ordering::AcqRel)
     }
 
-    /// Moves the readable position to a commit another process announced,
-    /// and tells whoever follows those (this process's own commits wake
-    /// its syncs where they are made).
+    /// Moves the readable position to a commit announced through the
+    /// listener, and tells whoever follows other processes' commits. This
+    /// process's own commits wake its syncs where they are made; every
+    /// other one wakes them here, even when one of this process's own
+    /// later commits already moved the position past it (its waker may not
+    /// have run yet, or at all on a failed request).
     fn advance_from_elsewhere(&self, upto: i64) {
-        if self.advance(upto) {
-            self.others_committed.send_replace(upto);
+        self.advance(upto);
+        let own = self.own_commits.lock().ok().and_then(|mut own| {
+            let i = own.iter().position(|p| *p == upto)?;
+            own.remove(i)
+        });
+        if own.is_none() {
+            let readable = self.upto.load(Ordering::Acquire);
+            self.others_committed.send_replace(readable);
         }
     }
 }
+
+/// How many of its own commits a process remembers, to tell their
+/// notifications from other processes' (they come back in commit order,
+/// long before this many more).
+const OWN_COMMITS_KEPT: usize = 4096;
 
 /// One write transaction on PostgreSQL; returns the counter it committed
 /// when it took positions.
@@ -554,7 +597,13 @@ fn listen(weak: &Weak<Inner>, url: &str) -> Result<()> {
             .and_then(|r| r.try_get(0))
             .map_err(DbError::from)?;
         match weak.upgrade() {
-            Some(inner) => inner.advance_from_elsewhere(pos),
+            // A look at the counter wakes syncs only if it moved it: idle
+            // processes are not woken every two seconds.
+            Some(inner) => {
+                if inner.advance(pos) {
+                    inner.others_committed.send_replace(pos);
+                }
+            }
             None => return Ok(()),
         }
         let mut notifications = client.notifications();

@@ -25,6 +25,8 @@ pub struct TokenOwner {
     pub user_id: String,
     pub device_id: String,
     pub expires_ts: Option<i64>,
+    /// A guest account (`/register?kind=guest`).
+    pub is_guest: bool,
 }
 
 #[derive(Clone, Debug)]

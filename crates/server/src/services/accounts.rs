@@ -1,6 +1,8 @@
 //! Accounts, devices and tokens: Argon2id passwords, random access tokens
 //! stored only as SHA-256 hashes.
 
+use std::collections::HashMap;
+
 use base64::Engine;
 use missive_store::{StoreError, accounts::NewSession};
 use rand::RngCore;
@@ -14,6 +16,8 @@ use crate::{App, Error, Result};
 pub struct Session {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// A guest account: only the endpoints the spec opens to guests.
+    pub is_guest: bool,
 }
 
 pub fn random_string(len: usize) -> String {
@@ -35,6 +39,30 @@ pub fn new_token(prefix: &str) -> String {
 
 pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// When each device was last recorded as seen by this process.
+#[derive(Default)]
+pub struct DeviceActivity(std::sync::Mutex<HashMap<(OwnedUserId, OwnedDeviceId), std::time::Instant>>);
+
+/// How often a device's last-seen time and address are written.
+const LAST_SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl DeviceActivity {
+    /// Whether the device's activity should be written now (and notes that it is).
+    fn due(&self, s: &Session) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let key = (s.user_id.clone(), s.device_id.clone());
+        if seen.get(&key).is_some_and(|t| now.duration_since(*t) < LAST_SEEN_EVERY) {
+            return false;
+        }
+        if seen.len() >= 100_000 {
+            seen.retain(|_, t| now.duration_since(*t) < LAST_SEEN_EVERY);
+        }
+        seen.insert(key, now);
+        true
+    }
 }
 
 /// Password hashing is CPU- and memory-bound (Argon2id, 19 MiB each): at
@@ -124,16 +152,62 @@ impl App {
         Ok(Session {
             user_id: OwnedUserId::try_from(owner.user_id).map_err(|e| Error::Internal(e.to_string()))?,
             device_id: owner.device_id.into(),
+            is_guest: owner.is_guest,
         })
     }
 
-    /// Creates the account; `None` password means it cannot log in with one.
+    /// Records that a device is in use, and from where: at most once a
+    /// minute per device and process, since every `/sync` calls it and a
+    /// write per long-poll would contend with the sends.
+    pub async fn touch_device(&self, s: &Session, ip: Option<std::net::IpAddr>) -> Result<()> {
+        if !self.device_activity.due(s) {
+            return Ok(());
+        }
+        self.store
+            .touch_device(
+                s.user_id.to_string(),
+                s.device_id.to_string(),
+                ip.map(|i| i.to_string()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A new guest account, with a numbered localpart (as guests get from
+    /// the reference server), never one a user could choose.
+    pub async fn create_guest(&self) -> Result<OwnedUserId> {
+        use rand::Rng;
+        for _ in 0..5 {
+            let n: u64 = rand::thread_rng().gen_range(1_000_000_000..10_000_000_000);
+            let user = self.user_id(&n.to_string())?;
+            match self.store.create_guest(user.to_string()).await {
+                Ok(()) => return Ok(user),
+                Err(StoreError::Exists) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Internal("no free guest user ID".into()))
+    }
+
+    /// Whether `user` is an administrator of this server.
+    pub async fn is_server_admin(&self, user: &UserId) -> Result<bool> {
+        Ok(self.is_local(user) && self.store.user(user.to_string()).await?.is_some_and(|u| u.is_admin))
+    }
+
+    /// Creates an account; a `None` password means it cannot log in with
+    /// one. Its display name starts as its localpart, as the reference
+    /// server does, so that clients show a name, not a user ID.
     pub async fn create_account(&self, user: &UserId, password: Option<String>, is_admin: bool) -> Result<()> {
         let hash = match password {
             Some(p) => Some(self.password_hashing.hash(p).await?),
             None => None,
         };
-        match self.store.create_user(user.to_string(), hash, is_admin).await {
+        let displayname = Some(user.localpart().to_owned());
+        match self
+            .store
+            .create_user(user.to_string(), hash, is_admin, displayname)
+            .await
+        {
             Err(StoreError::Exists) => Err(Error::user_in_use("User ID already taken")),
             r => Ok(r?),
         }
@@ -152,7 +226,8 @@ impl App {
         let refresh_token = refreshable.then(|| new_token("mvr"));
         let lifetime_ms = self.config.access_token_lifetime_secs * 1000;
         let expires_ts = refreshable.then(|| now_ms() + lifetime_ms as i64);
-        self.store
+        let new_device = self
+            .store
             .create_session(NewSession {
                 user_id: user.to_string(),
                 device_id: device_id.to_string(),
@@ -162,6 +237,10 @@ impl App {
                 expires_ts,
             })
             .await?;
+        if new_device {
+            // Others sharing a room see the new device in `device_lists.changed`.
+            self.notify();
+        }
         Ok((
             device_id,
             IssuedTokens {

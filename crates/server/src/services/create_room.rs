@@ -41,11 +41,7 @@ pub struct InitialState {
 
 impl App {
     pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
-        let version = RoomVersion::parse(
-            req.room_version
-                .as_deref()
-                .unwrap_or(missive_core::DEFAULT_ROOM_VERSION),
-        )?;
+        let version = RoomVersion::parse(req.room_version.as_deref().unwrap_or(&self.config.default_room_version))?;
         let v12 = version.rules.authorization.explicitly_privilege_room_creators;
         let preset = match req.preset.as_deref() {
             Some(p @ ("private_chat" | "trusted_private_chat" | "public_chat")) => p.to_owned(),
@@ -242,16 +238,21 @@ impl App {
         Ok(room_id)
     }
 
-    /// Adds a local user's displayname and avatar to a member event's content.
+    /// Adds a local user's displayname and avatar to a member event's
+    /// content, unless the client gave ones for this room.
     pub async fn add_profile(&self, user: &UserId, content: &mut Value) -> Result<()> {
         if !self.is_local(user) {
             return Ok(());
         }
         if let Some(row) = self.store.user(user.to_string()).await? {
-            if let Some(d) = row.displayname {
+            if let Some(d) = row.displayname
+                && content.get("displayname").is_none()
+            {
                 content["displayname"] = d.into();
             }
-            if let Some(a) = row.avatar_url {
+            if let Some(a) = row.avatar_url
+                && content.get("avatar_url").is_none()
+            {
                 content["avatar_url"] = a.into();
             }
         }

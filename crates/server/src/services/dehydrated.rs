@@ -96,6 +96,7 @@ impl App {
         let session = Session {
             user_id: user.to_owned(),
             device_id: device_id.to_owned(),
+            is_guest: false,
         };
         let (events, upto) = self
             .to_device_for_sync(&session, since, self.store.persisted_upto())

@@ -57,8 +57,8 @@ impl App {
         let mut resp = Response::new(room_id.to_owned());
         resp.membership = membership.as_deref().map(MembershipState::from);
         let mut chunk = Vec::with_capacity(events.len());
-        for ev in &events {
-            chunk.push(raw(&self.client_event(ev, Some(session)).await?)?);
+        for json in self.timeline_client_events(&events, Some(session)).await? {
+            chunk.push(raw(&json)?);
         }
         let mut messages = PaginationChunk::new(chunk, position_token(end));
         messages.start = start;

@@ -50,14 +50,20 @@ impl App {
     ) -> Result<ruma::OwnedEventId> {
         let _guard = self.room_locks.lock(room_id, &self.store).await?;
         let version = self.room_version(room_id).await?;
-        let mut content = json!({ "membership": membership });
-        if let Some(r) = reason {
-            content["reason"] = r.into();
-        }
+        let mut content = json!({});
+        // The client's own keys first: the ones the server sets win.
         if let Some(extra) = extra {
             for (k, v) in extra {
                 content[k] = v;
             }
+        }
+        // Only the server vouches for a restricted join.
+        if let Some(o) = content.as_object_mut() {
+            o.remove("join_authorised_via_users_server");
+        }
+        content["membership"] = membership.into();
+        if let Some(r) = reason {
+            content["reason"] = r.into();
         }
         if matches!(membership, "join" | "invite" | "knock") {
             self.add_profile(target, &mut content).await?;
@@ -65,30 +71,31 @@ impl App {
         if membership == "join" {
             self.authorise_restricted_join(room_id, target, &mut content).await?;
         }
+        let new = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
+        if let Some(same) = self.identical_state(room_id, sender, &new).await? {
+            return Ok(same);
+        }
         let pdu = self
-            .append_local(
-                Target::Room(room_id, &version),
-                sender,
-                NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content),
-                None,
-                None,
-            )
+            .append_local(Target::Room(room_id, &version), sender, new, None, None)
             .await?;
         Ok(pdu.event_id)
     }
 
     pub async fn join(&self, room_id: &RoomId, user: &UserId, reason: Option<String>) -> Result<()> {
-        self.join_via(room_id, user, reason, &[]).await
+        self.join_via(room_id, user, reason, &[], None).await
     }
 
     /// Joins a room; one this server is not in is joined through `via`,
     /// the server of whoever invited the user, or the room ID's server.
+    /// `content` is what the client put in its join besides the reason
+    /// (kept in the member event, as the reference server does).
     pub async fn join_via(
         &self,
         room_id: &RoomId,
         user: &UserId,
         reason: Option<String>,
         via: &[ruma::OwnedServerName],
+        content: Option<serde_json::Map<String, Value>>,
     ) -> Result<()> {
         let known = self.store.room(room_id.to_string()).await?.is_some();
         if self.federation_enabled() && !(known && self.has_local_member(room_id).await?) {
@@ -116,7 +123,8 @@ impl App {
         if self.membership(room_id, user).await?.as_deref() == Some("ban") {
             return Err(Error::forbidden("You are banned from this room"));
         }
-        self.set_membership(room_id, user, user, "join", reason, None).await?;
+        self.set_membership(room_id, user, user, "join", reason, content)
+            .await?;
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use ruma::{
     Int, OwnedEventId, OwnedUserId, UInt, UserId,
     api::client::push::{Pusher, PusherKind, set_pusher::v3::PusherAction},
     power_levels::NotificationPowerLevels,
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, PushFormat, Ruleset},
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     room_version_rules::RoomPowerLevelsRules,
     serde::Raw,
 };
@@ -58,6 +58,9 @@ pub struct Push {
     queued: Arc<std::sync::atomic::AtomicU64>,
     evaluated: Arc<std::sync::atomic::AtomicU64>,
     progress: Arc<tokio::sync::Notify>,
+    /// The unread count each pusher was last told, so that a receipt that
+    /// changes nothing sends nothing.
+    badges: Mutex<HashMap<PusherKey, u64>>,
 }
 
 /// The receiving end of the event queue, until [`PushWorker::spawn`].
@@ -77,12 +80,21 @@ struct Delivery {
 }
 
 impl Push {
-    pub fn new() -> (Push, PushWorker) {
+    /// The push service; its HTTP client trusts the system's certificate
+    /// store and, if configured, `push_ca_file` (a gateway behind the
+    /// ministry's own CA).
+    pub fn new(config: &crate::Config) -> Result<(Push, PushWorker)> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &config.push_ca_file {
+            for c in crate::services::federation::ca_file("push_ca_file", path)? {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| tracing::error!(error = %e, "no HTTP client: push notifications will not be delivered"))
             .ok();
@@ -94,8 +106,9 @@ impl Push {
             queued: Default::default(),
             evaluated: Default::default(),
             progress: Default::default(),
+            badges: Default::default(),
         };
-        (push, PushWorker(rx))
+        Ok((push, PushWorker(rx)))
     }
 }
 
@@ -128,6 +141,27 @@ fn ruleset_of(user: &UserId, content: Option<&Value>) -> Ruleset {
         }),
         None => Ruleset::server_default(user),
     }
+}
+
+impl PusherKey {
+    fn of(user: &UserId, p: PusherRow) -> Self {
+        PusherKey {
+            user_id: user.to_owned(),
+            app_id: p.app_id,
+            pushkey: p.pushkey,
+        }
+    }
+}
+
+/// An HTTP pusher's gateway URL, and the pusher's `data` without it (what
+/// the gateway is sent back).
+fn gateway_of(p: &PusherRow) -> Option<(String, Value)> {
+    let mut data = p.json.get("data").cloned().unwrap_or_else(|| json!({}));
+    let url = data
+        .as_object_mut()
+        .and_then(|d| d.remove("url"))
+        .and_then(|u| u.as_str().map(str::to_owned))?;
+    Some((url, data))
 }
 
 /// The `tweaks` of a notification: every `set_tweak` action, by name.
@@ -223,7 +257,7 @@ impl App {
         let invitee = (pdu.kind.to_string() == "m.room.member" && pdu.membership().as_deref() == Some("invite"))
             .then(|| pdu.state_key.clone())
             .flatten();
-        let candidates: Vec<OwnedUserId> = members
+        let mut candidates: Vec<OwnedUserId> = members
             .iter()
             .filter(|(u, m)| m == "join" || Some(u) == invitee.as_ref())
             .filter_map(|(u, _)| OwnedUserId::try_from(u.as_str()).ok())
@@ -231,6 +265,14 @@ impl App {
             .collect();
         if candidates.is_empty() {
             return Ok(());
+        }
+        // Nobody is notified of a message (or an invite) from someone they ignore.
+        if !pdu.is_state() || invitee.is_some() {
+            let ignoring = self.users_ignoring(&candidates, &pdu.sender).await?;
+            candidates.retain(|u| !ignoring.contains(u));
+            if candidates.is_empty() {
+                return Ok(());
+            }
         }
         // Those who were members when the event was sent, not only now.
         let (targets, names) = self.members_at(&ev, candidates).await?;
@@ -350,11 +392,9 @@ impl App {
         }
         let pdu = &ev.pdu;
         let unread = self.store.unread_notification_total(user.to_string()).await?;
-        let mut counts = serde_json::Map::new();
-        // Counts of zero are left out, as the spec asks; missed calls are not counted.
-        if unread > 0 {
-            counts.insert("unread".into(), unread.into());
-        }
+        // The badge, zero included (gateways of the Sygnal era read it to
+        // clear a badge); missed calls are not counted.
+        let counts = json!({ "unread": unread });
         let tweaks = tweaks(actions);
         let high = tweaks.get("highlight").is_some_and(|h| h != &Value::Bool(false)) || tweaks.get("sound").is_some();
         let prio = if high { "high" } else { "low" };
@@ -362,27 +402,27 @@ impl App {
         // The full form, filled in once for all pushers that want it.
         let mut full = None;
         for p in pushers {
-            let mut data = p.json.get("data").cloned().unwrap_or_else(|| json!({}));
-            let url = data
-                .as_object_mut()
-                .and_then(|d| d.remove("url"))
-                .and_then(|u| u.as_str().map(str::to_owned));
-            let Some(url) = url else { continue };
+            let Some((url, data)) = gateway_of(&p) else { continue };
             let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
+            let mut device = json!({
+                "app_id": p.app_id,
+                "pushkey": p.pushkey,
+                "pushkey_ts": p.pushkey_ts,
+                "data": data,
+            });
+            if !event_id_only && tweaks.as_object().is_some_and(|t| !t.is_empty()) {
+                device["tweaks"] = tweaks.clone();
+            }
             let mut notification = json!({
                 "event_id": pdu.event_id,
                 "room_id": pdu.room_id,
                 "prio": prio,
                 "counts": counts,
-                "devices": [{
-                    "app_id": p.app_id,
-                    "pushkey": p.pushkey,
-                    "pushkey_ts": p.pushkey_ts,
-                    "data": data,
-                    "tweaks": tweaks,
-                }],
+                "devices": [device],
             });
             if !event_id_only {
+                // `id` is the legacy name of `event_id`, which older gateways read.
+                notification["id"] = pdu.event_id.to_string().into();
                 if full.is_none() {
                     full = Some(self.notification_details(ev, user).await?);
                 }
@@ -390,21 +430,71 @@ impl App {
                     obj.extend(details.clone());
                 }
             }
-            let key = PusherKey {
-                user_id: user.to_owned(),
-                app_id: p.app_id,
-                pushkey: p.pushkey,
-            };
-            self.enqueue_delivery(
-                key,
-                Delivery {
-                    url,
-                    body: json!({ "notification": notification }),
-                    queued: Instant::now(),
-                },
-            );
+            let key = PusherKey::of(user, p);
+            self.note_badge(&key, unread);
+            self.push_to(key, url, notification);
         }
         Ok(())
+    }
+
+    /// Queues one notification for a pusher's gateway.
+    fn push_to(&self, key: PusherKey, url: String, notification: Value) {
+        self.enqueue_delivery(
+            key,
+            Delivery {
+                url,
+                body: json!({ "notification": notification }),
+                queued: Instant::now(),
+            },
+        );
+    }
+
+    /// Records the count a pusher is told; whether it is news to it.
+    fn note_badge(&self, key: &PusherKey, unread: u64) -> bool {
+        let mut badges = self.push.badges.lock().unwrap_or_else(|e| e.into_inner());
+        if badges.len() >= 100_000 {
+            badges.clear();
+        }
+        badges.insert(key.clone(), unread) != Some(unread)
+    }
+
+    /// Tells the user's HTTP pushers their new unread count after a read
+    /// receipt, so that the badge on their phones follows (the gateway
+    /// sees a notification without an event). Failures are logged only.
+    pub async fn push_badge(&self, user: &UserId) {
+        if self.push.http.is_none() {
+            return;
+        }
+        let pushers = match self.store.pushers(user.to_string()).await {
+            Ok(p) => p.into_iter().filter(|p| p.kind == "http").collect::<Vec<_>>(),
+            Err(e) => return tracing::warn!(error = %e, %user, "no badge update: pushers unreadable"),
+        };
+        if pushers.is_empty() {
+            return;
+        }
+        let unread = match self.store.unread_notification_total(user.to_string()).await {
+            Ok(n) => n,
+            Err(e) => return tracing::warn!(error = %e, %user, "no badge update: unread count unreadable"),
+        };
+        for p in pushers {
+            let Some((url, data)) = gateway_of(&p) else { continue };
+            let notification = json!({
+                "id": "",
+                "type": null,
+                "sender": "",
+                "counts": { "unread": unread },
+                "devices": [{
+                    "app_id": p.app_id,
+                    "pushkey": p.pushkey,
+                    "pushkey_ts": p.pushkey_ts,
+                    "data": data,
+                }],
+            });
+            let key = PusherKey::of(user, p);
+            if self.note_badge(&key, unread) {
+                self.push_to(key, url, notification);
+            }
+        }
     }
 
     /// The fields of a notification beyond `event_id_only`: the event and
@@ -494,11 +584,6 @@ impl App {
                     return Err(Error::invalid_param(format!(
                         "data.url must be an http(s) URL ending in {NOTIFY_PATH}"
                     )));
-                }
-                if let Some(f) = &http.format
-                    && *f != PushFormat::EventIdOnly
-                {
-                    return Err(Error::invalid_param("Unknown push format"));
                 }
             }
             PusherKind::Email(_) => return Err(Error::invalid_param("email pushers are not supported")),

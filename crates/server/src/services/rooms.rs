@@ -12,7 +12,7 @@ use missive_store::{NewRoom, NewRoomEvent, StoreError};
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
-    room_version_rules::RoomVersionRules,
+    room_version_rules::{EventsReferenceFormatVersion, RoomVersionRules},
 };
 use serde_json::{Value, json};
 
@@ -181,6 +181,30 @@ impl App {
         Ok(PowerLevels { content, creators })
     }
 
+    /// The current state event a new state event would repeat: same
+    /// sender, same content. Setting it again changes nothing, so the
+    /// existing event answers (as the reference server does), instead of a
+    /// new event in every member's timeline.
+    pub(crate) async fn identical_state(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        new: &NewEvent,
+    ) -> Result<Option<OwnedEventId>> {
+        let Some(sk) = &new.state_key else { return Ok(None) };
+        let Some(current) = self
+            .store
+            .current_state_event(room_id.to_string(), new.kind.to_string(), sk.clone())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let same = current.pdu.sender == sender
+            && current.redacted_by.is_none()
+            && serde_json::from_str::<Value>(current.pdu.content.get()).ok().as_ref() == Some(&new.content);
+        Ok(same.then_some(current.pdu.event_id))
+    }
+
     /// Sends an event as `sender`: the entry point for client sends. Takes
     /// the room lock; a repeated transaction ID returns the first event.
     pub async fn send_event(
@@ -200,6 +224,9 @@ impl App {
             return OwnedEventId::try_from(id).map_err(|e| Error::Internal(e.to_string()));
         }
         let version = self.room_version(room_id).await?;
+        if let Some(same) = self.identical_state(room_id, sender, &new).await? {
+            return Ok(same);
+        }
         let redacts = new.redacts.clone();
         let pdu = self
             .append_local(Target::Room(room_id, &version), sender, new, txn, None)
@@ -344,6 +371,18 @@ impl App {
             None => (vec![], 1, StateMap::new()),
         };
         let auth_events: Vec<OwnedEventId> = auth_keys.iter().filter_map(|k| state.get(k).cloned()).collect();
+        // Versions 1 and 2 name each referenced event with its content hash.
+        let ref_hashes = if matches!(rules.events_reference_format, EventsReferenceFormatVersion::V1) {
+            let ids = prev_events.iter().chain(&auth_events).map(|e| e.to_string()).collect();
+            self.store
+                .events(ids)
+                .await?
+                .into_iter()
+                .filter_map(|e| Some((e.pdu.event_id.clone(), e.pdu.content_hash()?)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let replaced = new
             .state_key
             .as_ref()
@@ -379,6 +418,7 @@ impl App {
                 prev_events,
                 auth_events,
                 depth,
+                ref_hashes,
             },
             MilliSecondsSinceUnixEpoch::now(),
         )

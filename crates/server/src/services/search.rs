@@ -143,7 +143,7 @@ impl App {
         for (ev, rank) in &hits {
             let mut result = SearchResult::new();
             result.rank = Some(*rank);
-            result.result = Some(raw(&self.client_event(ev, Some(session)).await?)?);
+            result.result = Some(raw(&self.timeline_client_event(ev, Some(session)).await?)?);
             if with_context {
                 result.context = self.search_context(session, criteria, ev).await?;
             }
@@ -316,12 +316,11 @@ impl App {
         };
         let before = self.filter_visible(user, &ev.pdu.room_id, keep(before)).await?;
         let after = self.filter_visible(user, &ev.pdu.room_id, keep(after)).await?;
-        for e in &before {
-            out.events_before
-                .push(raw(&self.client_event(e, Some(session)).await?)?);
+        for json in self.timeline_client_events(&before, Some(session)).await? {
+            out.events_before.push(raw(&json)?);
         }
-        for e in &after {
-            out.events_after.push(raw(&self.client_event(e, Some(session)).await?)?);
+        for json in self.timeline_client_events(&after, Some(session)).await? {
+            out.events_after.push(raw(&json)?);
         }
         if ctx.include_profile {
             let senders: HashSet<&OwnedUserId> = before

@@ -329,10 +329,9 @@ impl App {
         let mut news = false;
 
         // The user's rooms as of `upto`; later changes come next time.
-        let memberships: HashMap<OwnedRoomId, Membership> = self
-            .store
-            .memberships(user.to_string())
-            .await?
+        let mut rows = self.store.memberships(user.to_string()).await?;
+        self.drop_ignored_invites(user, &mut rows).await?;
+        let memberships: HashMap<OwnedRoomId, Membership> = rows
             .into_iter()
             .filter_map(|m| Some((OwnedRoomId::try_from(m.room_id.clone()).ok()?, m)))
             .collect();
@@ -750,7 +749,8 @@ impl App {
         } else {
             let mut filter = RoomEventFilter::default();
             filter.limit = Some(uint(cfg.timeline_limit));
-            self.timeline_window(user, room_id, after, end, &filter).await?
+            let w = self.timeline_window(user, room_id, after, end, &filter).await?;
+            (w.events, w.limited)
         };
         let senders: BTreeSet<String> = timeline.iter().map(|e| e.pdu.sender.to_string()).collect();
 
@@ -874,8 +874,8 @@ impl App {
         room.num_live = Some(uint(
             conn_since.map_or(0, |s| timeline.iter().filter(|e| e.stream_pos > s).count()),
         ));
-        for ev in &timeline {
-            room.timeline.push(raw(&self.client_event(ev, Some(session)).await?)?);
+        for json in self.timeline_client_events(&timeline, Some(session)).await? {
+            room.timeline.push(raw(&json)?);
         }
         room.initial = fresh.then_some(true);
         room.bump_stamp = bump_stamp.map(uint);

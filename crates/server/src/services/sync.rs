@@ -5,7 +5,7 @@
 //! serials of the in-memory typing and presence state.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -107,6 +107,66 @@ pub(crate) fn heroes(members: &[(String, String)], user: &ruma::UserId) -> Vec<O
     heroes
 }
 
+/// At most this many events are read to fill one room's timeline in a
+/// sync, hidden ones included.
+const MAX_SCANNED: usize = 500;
+
+/// A room's timeline in a sync response.
+pub(crate) struct Window {
+    /// Oldest first.
+    pub events: Vec<StoredEvent>,
+    /// Older events the client did not get wait before these (it paginates).
+    pub limited: bool,
+    /// Events between the last sync and these were left out (limited, or
+    /// hidden from the user), so the state they changed must be sent.
+    pub gap: bool,
+}
+
+/// The member events each device was sent while lazy-loading members, so
+/// that later syncs leave out those it holds (the spec's "redundant"
+/// members). Per process and bounded: a device this process forgot, or
+/// one another process served, is sent a member again, which is harmless.
+#[derive(Default)]
+pub struct LazyMembers(std::sync::Mutex<HashMap<(OwnedUserId, ruma::OwnedDeviceId), DeviceMembers>>);
+
+type DeviceMembers = HashMap<(OwnedRoomId, OwnedUserId), ruma::OwnedEventId>;
+
+/// Bounds of [`LazyMembers`]: past them, a device's (or every device's)
+/// record starts again empty.
+const LAZY_MEMBERS_PER_DEVICE: usize = 20_000;
+const LAZY_MEMBERS_DEVICES: usize = 20_000;
+
+impl LazyMembers {
+    fn with<T>(&self, s: &Session, f: impl FnOnce(&mut DeviceMembers) -> T) -> T {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (s.user_id.clone(), s.device_id.clone());
+        if !all.contains_key(&key) && all.len() >= LAZY_MEMBERS_DEVICES {
+            all.clear();
+        }
+        let device = all.entry(key).or_default();
+        if device.len() >= LAZY_MEMBERS_PER_DEVICE {
+            device.clear();
+        }
+        f(device)
+    }
+
+    fn was_sent(&self, s: &Session, room: &RoomId, member: &ruma::UserId, event: &ruma::EventId) -> bool {
+        self.with(s, |d| {
+            d.get(&(room.to_owned(), member.to_owned())).is_some_and(|e| e == event)
+        })
+    }
+
+    fn sent(&self, s: &Session, room: &RoomId, member: &ruma::UserId, event: &ruma::EventId) {
+        self.with(s, |d| {
+            d.insert((room.to_owned(), member.to_owned()), event.to_owned());
+        });
+    }
+
+    fn forget_room(&self, s: &Session, room: &RoomId) {
+        self.with(s, |d| d.retain(|(r, _), _| r != room));
+    }
+}
+
 pub struct SyncRequest {
     pub since: Option<SyncToken>,
     pub filter: FilterDefinition,
@@ -163,7 +223,9 @@ impl App {
             .store
             .account_data_since(user.to_string(), since_pos.unwrap_or(0), upto)
             .await?;
-        for m in self.store.memberships(user.to_string()).await? {
+        let mut memberships = self.store.memberships(user.to_string()).await?;
+        self.drop_ignored_invites(user, &mut memberships).await?;
+        for m in memberships {
             let Ok(room_id) = OwnedRoomId::try_from(m.room_id.clone()) else {
                 continue;
             };
@@ -341,8 +403,11 @@ impl App {
         Ok(out)
     }
 
-    /// The timeline of a room between two positions, newest `limit` of them,
-    /// filtered and visible, and whether older ones were left out.
+    /// The timeline of a room between two positions: the newest `limit`
+    /// events the filter and the user's view of the room let through.
+    /// Hidden events do not count against the limit: older pages are read
+    /// until the limit is filled (as far as [`MAX_SCANNED`]). A member sees
+    /// the room's current state events wherever they fall.
     pub(crate) async fn timeline_window(
         &self,
         user: &ruma::UserId,
@@ -350,17 +415,58 @@ impl App {
         after: Option<i64>,
         upto: i64,
         filter: &RoomEventFilter,
-    ) -> Result<(Vec<StoredEvent>, bool)> {
+    ) -> Result<Window> {
         let limit = filter.limit.map(|l| u64::from(l) as usize).unwrap_or(10).clamp(1, 100);
-        let mut events = self
-            .store
-            .room_events(room_id.to_string(), upto + 1, after, Direction::Backward, limit + 1)
-            .await?;
-        let limited = events.len() > limit;
-        events.truncate(limit);
-        events.reverse();
-        let events: Vec<_> = events.into_iter().filter(|e| filter_allows(filter, e)).collect();
-        Ok((self.filter_visible(user, room_id, events).await?, limited))
+        let mut kept: Vec<StoredEvent> = vec![];
+        let mut before = upto + 1;
+        let mut scanned = 0;
+        let mut skipped = false;
+        let mut exhausted = false;
+        let mut current_state: Option<HashSet<ruma::OwnedEventId>> = None;
+        while kept.len() <= limit && scanned < MAX_SCANNED {
+            let page_size = if scanned == 0 { limit + 1 } else { (2 * limit).max(10) };
+            let page = self
+                .store
+                .room_events(room_id.to_string(), before, after, Direction::Backward, page_size)
+                .await?;
+            let Some(oldest) = page.last() else {
+                exhausted = true;
+                break;
+            };
+            before = oldest.stream_pos;
+            scanned += page.len();
+            let full = page.len() == page_size;
+            let fetched = page.len();
+            let page: Vec<_> = page.into_iter().filter(|e| filter_allows(filter, e)).collect();
+            if current_state.is_none() && page.iter().any(|e| e.pdu.is_state()) {
+                current_state = Some(if self.membership(room_id, user).await?.as_deref() == Some("join") {
+                    self.store
+                        .current_state_ids(room_id.to_string())
+                        .await?
+                        .values()
+                        .cloned()
+                        .collect()
+                } else {
+                    HashSet::new()
+                });
+            }
+            let always = current_state.clone().unwrap_or_default();
+            let visible = self.filter_visible_with(user, room_id, page, &always).await?;
+            skipped |= visible.len() < fetched;
+            kept.extend(visible);
+            if !full {
+                exhausted = true;
+                break;
+            }
+        }
+        let limited = kept.len() > limit || !exhausted;
+        kept.truncate(limit);
+        kept.reverse();
+        Ok(Window {
+            events: kept,
+            limited,
+            gap: limited || skipped,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -376,16 +482,17 @@ impl App {
     ) -> Result<Option<sync::JoinedRoom>> {
         let user = &session.user_id;
         let after = if fresh { None } else { since.map(|s| s.pos) };
-        let (timeline, limited) = self
+        let window = self
             .timeline_window(user, room_id, after, upto, &filter.room.timeline)
             .await?;
+        let (timeline, limited) = (&window.events, window.limited);
         let room_account_data: Vec<_> = account_data_rows
             .iter()
             .filter(|r| r.room_id == room_id.as_str())
             .collect();
         // Most rooms have nothing new on an incremental sync: say so before
         // computing state, summaries and counts.
-        if let (false, true, false, Some(since)) = (fresh, timeline.is_empty(), limited, since) {
+        if let (false, true, false, Some(since)) = (fresh, timeline.is_empty(), window.gap, since) {
             let typing = self.typing.changed_since(room_id, since.typing).is_some();
             if !typing
                 && room_account_data.is_empty()
@@ -403,67 +510,17 @@ impl App {
             }
         }
         let mut room = sync::JoinedRoom::new();
-
-        // State: everything at the timeline's start when fresh; otherwise
-        // what changed between the last sync and the timeline's start.
         let start_pos = timeline.first().map(|e| e.stream_pos - 1).unwrap_or(upto);
-        let state_filter = &filter.room.state;
-        let lazy = !matches!(state_filter.lazy_load_options, LazyLoadOptions::Disabled);
-        let state_now = match self.store.last_event_at(room_id.to_string(), start_pos).await? {
-            Some(e) => self.store.state_at_group(e.state_group).await?,
-            None => Default::default(),
-        };
-        let mut state_ids: Vec<String> = vec![];
-        if fresh || limited {
-            let before = if fresh {
-                None
-            } else {
-                match self
-                    .store
-                    .last_event_at(room_id.to_string(), since.map(|s| s.pos).unwrap_or(0))
-                    .await?
-                {
-                    Some(e) => Some(self.store.state_at_group(e.state_group).await?),
-                    None => None,
-                }
-            };
-            let senders: HashSet<String> = timeline.iter().map(|e| e.pdu.sender.to_string()).collect();
-            for ((kind, key), id) in state_now.iter() {
-                if before
-                    .as_ref()
-                    .is_some_and(|b| b.get(&(kind.clone(), key.clone())) == Some(id))
-                {
-                    continue;
-                }
-                let k = kind.to_string();
-                if lazy && k == "m.room.member" && !senders.contains(key) && key != user.as_str() {
-                    continue;
-                }
-                if state_filter
-                    .not_types
-                    .iter()
-                    .any(|t| crate::services::timeline::type_matches(t, &k))
-                {
-                    continue;
-                }
-                if let Some(types) = &state_filter.types
-                    && !types.iter().any(|t| crate::services::timeline::type_matches(t, &k))
-                {
-                    continue;
-                }
-                state_ids.push(id.to_string());
-            }
-        } else if lazy {
-            // Members of this timeline's senders, so the client can show them.
-            for ev in &timeline {
-                if let Some(id) = state_now.get(&("m.room.member".into(), ev.pdu.sender.to_string())) {
-                    state_ids.push(id.to_string());
-                }
-            }
-            state_ids.sort();
-            state_ids.dedup();
-        }
-        let state_events = self.store.events(state_ids).await?;
+        let (state_events, state_now) = self
+            .sync_state(
+                session,
+                room_id,
+                (!fresh).then_some(since).flatten(),
+                &window,
+                start_pos,
+                filter,
+            )
+            .await?;
         let mut state_json = vec![];
         for ev in &state_events {
             state_json.push(raw(&self.client_event(ev, Some(session)).await?)?);
@@ -472,10 +529,8 @@ impl App {
 
         room.timeline.limited = limited;
         room.timeline.prev_batch = Some(position_token(start_pos));
-        for ev in &timeline {
-            room.timeline
-                .events
-                .push(raw(&self.client_event(ev, Some(session)).await?)?);
+        for json in self.timeline_client_events(timeline, Some(session)).await? {
+            room.timeline.events.push(raw(&json)?);
         }
 
         // Ephemeral: typing and receipts.
@@ -546,6 +601,9 @@ impl App {
         }
     }
 
+    /// A room the user left or was removed from since the last sync: the
+    /// timeline up to their departure (their own leave included), with the
+    /// state a client needs to show it.
     async fn left_room(
         &self,
         session: &Session,
@@ -554,7 +612,7 @@ impl App {
         left_at: i64,
         filter: &FilterDefinition,
     ) -> Result<Option<sync::LeftRoom>> {
-        let (timeline, limited) = self
+        let window = self
             .timeline_window(
                 &session.user_id,
                 room_id,
@@ -564,15 +622,125 @@ impl App {
             )
             .await?;
         let mut room = sync::LeftRoom::new();
-        room.timeline.limited = limited;
-        let start = timeline.first().map(|e| e.stream_pos - 1).unwrap_or(left_at);
+        room.timeline.limited = window.limited;
+        let start = window.events.first().map(|e| e.stream_pos - 1).unwrap_or(left_at);
         room.timeline.prev_batch = Some(position_token(start));
-        for ev in &timeline {
-            room.timeline
-                .events
-                .push(raw(&self.client_event(ev, Some(session)).await?)?);
+        let (state_events, _) = self.sync_state(session, room_id, since, &window, start, filter).await?;
+        let mut state_json = vec![];
+        for ev in &state_events {
+            state_json.push(raw(&self.client_event(ev, Some(session)).await?)?);
+        }
+        room.state = sync::State::Before(state_json.into());
+        for json in self.timeline_client_events(&window.events, Some(session)).await? {
+            room.timeline.events.push(raw(&json)?);
         }
         Ok(Some(room))
+    }
+
+    /// The state a sync gives with a room's timeline: all of it at the
+    /// timeline's start on a first sync of the room (`since` is `None`),
+    /// else what changed between the last sync and that start when events
+    /// were left out in between. With lazy-loaded members, only the members
+    /// of the timeline's senders (and the user's own on a first sync), less
+    /// those this device was already sent unless redundant ones are asked
+    /// for. Returns the events and the state at the timeline's start.
+    async fn sync_state(
+        &self,
+        session: &Session,
+        room_id: &RoomId,
+        since: Option<SyncToken>,
+        window: &Window,
+        start_pos: i64,
+        filter: &FilterDefinition,
+    ) -> Result<(Vec<StoredEvent>, std::sync::Arc<missive_core::auth::StateMap>)> {
+        let user = &session.user_id;
+        let state_filter = &filter.room.state;
+        let (lazy, redundant) = match state_filter.lazy_load_options {
+            LazyLoadOptions::Disabled => (false, true),
+            LazyLoadOptions::Enabled {
+                include_redundant_members,
+            } => (true, include_redundant_members),
+        };
+        let wants = |kind: &str| {
+            !state_filter
+                .not_types
+                .iter()
+                .any(|t| crate::services::timeline::type_matches(t, kind))
+                && state_filter
+                    .types
+                    .as_ref()
+                    .is_none_or(|types| types.iter().any(|t| crate::services::timeline::type_matches(t, kind)))
+        };
+        let state_now = match self.store.last_event_at(room_id.to_string(), start_pos).await? {
+            Some(e) => self.store.state_at_group(e.state_group).await?,
+            None => Default::default(),
+        };
+        let first = since.is_none();
+        if first && lazy && !redundant {
+            self.lazy_members.forget_room(session, room_id);
+        }
+        let mut ids: Vec<ruma::OwnedEventId> = vec![];
+        if first || window.gap {
+            let before = match since {
+                None => None,
+                Some(since) => match self.store.last_event_at(room_id.to_string(), since.pos).await? {
+                    Some(e) => Some(self.store.state_at_group(e.state_group).await?),
+                    None => None,
+                },
+            };
+            for ((kind, key), id) in state_now.iter() {
+                if lazy && *kind == ruma::events::StateEventType::RoomMember {
+                    continue;
+                }
+                if before
+                    .as_ref()
+                    .is_some_and(|b| b.get(&(kind.clone(), key.clone())) == Some(id))
+                {
+                    continue;
+                }
+                if wants(&kind.to_string()) {
+                    ids.push(id.clone());
+                }
+            }
+        }
+        let in_timeline: HashSet<&ruma::EventId> = window.events.iter().map(|e| &*e.pdu.event_id).collect();
+        if lazy && wants("m.room.member") {
+            let mut members: Vec<&ruma::UserId> = window.events.iter().map(|e| &*e.pdu.sender).collect();
+            if first {
+                members.push(user);
+            }
+            members.sort();
+            members.dedup();
+            for m in members {
+                let Some(id) = state_now.get(&(ruma::events::StateEventType::RoomMember, m.to_string())) else {
+                    continue;
+                };
+                if in_timeline.contains(&**id) || (!redundant && self.lazy_members.was_sent(session, room_id, m, id)) {
+                    continue;
+                }
+                ids.push(id.clone());
+            }
+        }
+        let events = self.store.events(ids.iter().map(|e| e.to_string()).collect()).await?;
+        if lazy && !redundant {
+            // What the client now holds: these members, and those whose
+            // events its timeline carries.
+            let sent = events
+                .iter()
+                .chain(&window.events)
+                .filter(|e| e.pdu.kind == ruma::events::TimelineEventType::RoomMember);
+            for ev in sent {
+                if let Some(member) = ev
+                    .pdu
+                    .state_key
+                    .as_deref()
+                    .and_then(|k| <&ruma::UserId>::try_from(k).ok())
+                {
+                    self.lazy_members.sent(session, room_id, member, &ev.pdu.event_id);
+                }
+            }
+        }
+        Ok((events, state_now))
     }
 
     /// Notifications (and highlights among them) the user's push rules

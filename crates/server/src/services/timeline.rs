@@ -1,11 +1,11 @@
 //! Reading room history: visibility (history visibility and membership at
 //! each event), the client format, and pagination tokens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use missive_core::visibility::{HistoryVisibility, may_see};
 use missive_store::StoredEvent;
-use ruma::{RoomId, UserId, api::client::filter::RoomEventFilter};
+use ruma::{OwnedEventId, RoomId, UserId, api::client::filter::RoomEventFilter, events::TimelineEventType};
 use serde_json::{Value, json};
 
 use crate::{App, Result, services::accounts::Session};
@@ -58,6 +58,12 @@ pub fn filter_allows(filter: &RoomEventFilter, ev: &StoredEvent) -> bool {
     true
 }
 
+/// A user's own membership events are theirs to see whatever the history
+/// visibility: a client that left a `joined`-only room still gets its leave.
+fn is_own_membership(user: &UserId, ev: &StoredEvent) -> bool {
+    ev.pdu.kind == TimelineEventType::RoomMember && ev.pdu.state_key.as_deref() == Some(user.as_str())
+}
+
 impl App {
     /// Keeps the events `user` may see under the room's history visibility.
     pub async fn filter_visible(
@@ -66,13 +72,34 @@ impl App {
         room_id: &RoomId,
         events: Vec<StoredEvent>,
     ) -> Result<Vec<StoredEvent>> {
+        self.filter_visible_with(user, room_id, events, &HashSet::new()).await
+    }
+
+    /// [`filter_visible`](Self::filter_visible), also keeping the events
+    /// of `always` (the room's current state, shown to a member in a sync
+    /// timeline whatever the history visibility at the time).
+    pub async fn filter_visible_with(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        events: Vec<StoredEvent>,
+        always: &HashSet<OwnedEventId>,
+    ) -> Result<Vec<StoredEvent>> {
         if events.is_empty() {
             return Ok(events);
         }
+        let ignored = self.ignored_users(user).await?;
         let now = self.membership(room_id, user).await?;
         let mut by_group: HashMap<i64, bool> = HashMap::new();
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
+            if crate::services::ignore::hides(&ignored, user, &ev) {
+                continue;
+            }
+            if is_own_membership(user, &ev) || always.contains(&ev.pdu.event_id) {
+                out.push(ev);
+                continue;
+            }
             let visible = match by_group.get(&ev.state_group) {
                 Some(v) => *v,
                 None => {
@@ -115,6 +142,12 @@ impl App {
 
     /// Whether `user` may see this one event.
     pub async fn may_see_event(&self, user: &UserId, ev: &StoredEvent) -> Result<bool> {
+        if crate::services::ignore::hides(&self.ignored_users(user).await?, user, ev) {
+            return Ok(false);
+        }
+        if is_own_membership(user, ev) {
+            return Ok(true);
+        }
         let now = self.membership(&ev.pdu.room_id, user).await?;
         self.visible_at_group(user, ev.state_group, now.as_deref()).await
     }
@@ -126,6 +159,68 @@ impl App {
             out.push(self.client_event(ev, viewer).await?);
         }
         Ok(out)
+    }
+
+    /// Timeline events in the client format: as [`client_events`](Self::client_events),
+    /// and each with the viewer's membership in the room after it
+    /// (`unsigned.membership`, MSC4115), so that a client tells a message
+    /// sent before it joined from one whose key it lacks.
+    pub async fn timeline_client_events(&self, events: &[StoredEvent], viewer: Option<&Session>) -> Result<Vec<Value>> {
+        let Some(v) = viewer else {
+            return self.client_events(events, None).await;
+        };
+        let memberships = self.memberships_after(&v.user_id, events).await?;
+        let mut out = Vec::with_capacity(events.len());
+        for (ev, membership) in events.iter().zip(memberships) {
+            let mut json = self.client_event(ev, viewer).await?;
+            json["unsigned"]["membership"] = membership.into();
+            out.push(json);
+        }
+        Ok(out)
+    }
+
+    /// One timeline event for the viewer (see [`timeline_client_events`](Self::timeline_client_events)).
+    pub async fn timeline_client_event(&self, ev: &StoredEvent, viewer: Option<&Session>) -> Result<Value> {
+        let mut out = self.timeline_client_events(std::slice::from_ref(ev), viewer).await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// `user`'s membership in the state after each event: `leave` when they
+    /// have none. One look-up per distinct member event, not per event.
+    async fn memberships_after(&self, user: &UserId, events: &[StoredEvent]) -> Result<Vec<String>> {
+        let mut member_ids = Vec::with_capacity(events.len());
+        for ev in events {
+            let id = if is_own_membership(user, ev) {
+                None
+            } else {
+                self.store
+                    .state_at_group(ev.state_group)
+                    .await?
+                    .get(&("m.room.member".into(), user.to_string()))
+                    .cloned()
+            };
+            member_ids.push(id);
+        }
+        let mut wanted: Vec<String> = member_ids.iter().flatten().map(|e| e.to_string()).collect();
+        wanted.sort();
+        wanted.dedup();
+        let found: HashMap<OwnedEventId, String> = self
+            .store
+            .events(wanted)
+            .await?
+            .into_iter()
+            .filter_map(|e| Some((e.pdu.event_id.clone(), e.pdu.membership()?)))
+            .collect();
+        Ok(events
+            .iter()
+            .zip(member_ids)
+            .map(|(ev, id)| match id {
+                None if is_own_membership(user, ev) => ev.pdu.membership(),
+                None => None,
+                Some(id) => found.get(&id).cloned(),
+            })
+            .map(|m| m.unwrap_or_else(|| "leave".to_owned()))
+            .collect())
     }
 
     pub async fn client_event(&self, ev: &StoredEvent, viewer: Option<&Session>) -> Result<Value> {

@@ -6,7 +6,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use ruma::UserId;
 
-use crate::{App, Error, Result};
+use crate::App;
 
 pub struct TurnCredentials {
     pub username: String,
@@ -25,16 +25,16 @@ pub fn credentials(secret: &str, user: &UserId, expiry_unix_secs: u64) -> (Strin
 }
 
 impl App {
-    pub fn turn_credentials(&self, user: &UserId) -> Result<TurnCredentials> {
+    /// Credentials for `user`, or `None` when no TURN server is configured.
+    pub fn turn_credentials(&self, user: &UserId) -> Option<TurnCredentials> {
         let secret = self
             .config
             .turn_shared_secret
             .as_deref()
-            .filter(|_| !self.config.turn_uris.is_empty())
-            .ok_or_else(|| Error::not_found("No TURN server is configured"))?;
+            .filter(|_| !self.config.turn_uris.is_empty())?;
         let now = crate::services::accounts::now_ms() as u64 / 1000;
         let (username, password) = credentials(secret, user, now + self.config.turn_ttl_secs);
-        Ok(TurnCredentials {
+        Some(TurnCredentials {
             username,
             password,
             uris: self.config.turn_uris.clone(),

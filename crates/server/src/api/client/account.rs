@@ -1,12 +1,21 @@
 //! whoami, password change, deactivation.
 
-use ruma::api::client::account::{ThirdPartyIdRemovalStatus, change_password, deactivate, whoami};
+use ruma::api::client::{
+    account::{ThirdPartyIdRemovalStatus, change_password, deactivate, get_3pids, whoami},
+    admin::get_user_info,
+};
+use serde_json::json;
 
-use crate::{App, Result, api::client::uia_auth, ruma_wrapper::Ruma, services::uia};
+use crate::{
+    App, Error, Result,
+    api::client::uia_auth,
+    ruma_wrapper::{JsonResponse, Ruma},
+    services::uia,
+};
 
 pub async fn whoami(_app: App, req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response> {
     let s = req.session()?;
-    let mut resp = whoami::v3::Response::new(s.user_id.clone(), false);
+    let mut resp = whoami::v3::Response::new(s.user_id.clone(), s.is_guest);
     resp.device_id = Some(s.device_id.clone());
     Ok(resp)
 }
@@ -66,4 +75,45 @@ pub async fn openid_token(
         app.server_name.clone(),
         crate::services::openid::OPENID_TOKEN_LIFETIME,
     ))
+}
+
+/// The account's third-party identifiers: none, until e-mail addresses
+/// can be added (Element's notification settings read this list).
+pub async fn threepids(_app: App, req: Ruma<get_3pids::v3::Request>) -> Result<JsonResponse> {
+    req.session()?;
+    Ok(JsonResponse(json!({ "threepids": [] })))
+}
+
+/// Who is behind an account and from where: the user themselves, or a
+/// server administrator.
+pub async fn whois(app: App, req: Ruma<get_user_info::v3::Request>) -> Result<JsonResponse> {
+    let caller = req.user()?;
+    let target = &req.body.user_id;
+    if caller != target && !app.is_server_admin(caller).await? {
+        return Err(Error::forbidden("You are not a server admin"));
+    }
+    if !app.is_local(target) {
+        return Err(Error::invalid_param("Only local users can be looked up"));
+    }
+    if app.store.user(target.to_string()).await?.is_none() {
+        return Err(Error::not_found("Unknown user"));
+    }
+    let devices: serde_json::Map<String, serde_json::Value> = app
+        .store
+        .devices(target.to_string())
+        .await?
+        .into_iter()
+        .map(|d| {
+            let connections: Vec<serde_json::Value> = d
+                .last_seen_ip
+                .iter()
+                .map(|ip| {
+                    // No user agent is kept: the key is there, empty.
+                    json!({ "ip": ip, "last_seen": d.last_seen_ts, "user_agent": null })
+                })
+                .collect();
+            (d.device_id, json!({ "sessions": [{ "connections": connections }] }))
+        })
+        .collect();
+    Ok(JsonResponse(json!({ "user_id": target, "devices": devices })))
 }

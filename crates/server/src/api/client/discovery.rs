@@ -2,9 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use ruma::api::client::discovery::{discover_homeserver, get_capabilities, get_supported_versions};
+use ruma::api::client::discovery::{discover_homeserver, discover_support, get_capabilities, get_supported_versions};
+use serde_json::json;
 
-use crate::{App, Result, ruma_wrapper::Ruma};
+use crate::{
+    App, Error, Result,
+    ruma_wrapper::{JsonResponse, Ruma},
+};
 
 /// Spec versions whose client API this server implements.
 pub const VERSIONS: &[&str] = &[
@@ -22,6 +26,9 @@ pub async fn versions(
         ("org.matrix.simplified_msc3575".to_owned(), true),
         // Dehydrated devices (MSC3814), so messages sent while all of a user's devices are offline stay decryptable.
         ("org.matrix.msc3814".to_owned(), true),
+        // Rooms shared with another user (MSC2666), at both paths.
+        ("uk.half-shot.msc2666.query_mutual_rooms".to_owned(), true),
+        ("uk.half-shot.msc2666.query_mutual_rooms.stable".to_owned(), true),
     ]);
     Ok(resp)
 }
@@ -37,32 +44,40 @@ pub async fn well_known(app: App, _req: Ruma<discover_homeserver::Request>) -> R
     ))
 }
 
-pub async fn capabilities(
-    app: App,
-    _req: Ruma<get_capabilities::v3::Request>,
-) -> Result<get_capabilities::v3::Response> {
-    use get_capabilities::v3::{Capabilities, RoomVersionStability, RoomVersionsCapability};
-    let mut caps = Capabilities::new();
-    let available = missive_core::SUPPORTED_ROOM_VERSIONS
-        .iter()
-        .map(|v| {
-            (
-                ruma::RoomVersionId::try_from(*v).expect("valid version"),
-                RoomVersionStability::Stable,
-            )
-        })
-        .collect();
-    caps.room_versions = RoomVersionsCapability::new(
-        ruma::RoomVersionId::try_from(missive_core::DEFAULT_ROOM_VERSION).expect("valid version"),
-        available,
-    );
-    caps.change_password.enabled = true;
-    #[allow(deprecated)]
-    {
-        caps.set_displayname.enabled = true;
-        caps.set_avatar_url.enabled = true;
+/// `/.well-known/matrix/support`: whom to contact about this server, as
+/// configured in `[support]`; not found when nothing is configured.
+pub async fn support(app: App, _req: Ruma<discover_support::Request>) -> Result<JsonResponse> {
+    let support = &app.config.support;
+    if support.contacts.is_empty() && support.page.is_none() {
+        return Err(Error::not_found("No support contacts are configured"));
     }
-    caps.thirdparty_id_changes.enabled = false;
-    let _ = app;
-    Ok(get_capabilities::v3::Response::new(caps))
+    let mut body = json!({ "contacts": support.contacts });
+    if let Some(page) = &support.page {
+        body["support_page"] = page.clone().into();
+    }
+    Ok(JsonResponse(body))
+}
+
+/// Every standard capability, each named even where its value is the
+/// spec's default (clients and suites look for `m.change_password`).
+pub async fn capabilities(app: App, _req: Ruma<get_capabilities::v3::Request>) -> Result<JsonResponse> {
+    let available: serde_json::Map<String, serde_json::Value> = missive_core::SUPPORTED_ROOM_VERSIONS
+        .iter()
+        .map(|v| ((*v).to_owned(), "stable".into()))
+        .collect();
+    Ok(JsonResponse(json!({
+        "capabilities": {
+            "m.room_versions": {
+                "default": app.config.default_room_version,
+                "available": available,
+            },
+            "m.change_password": { "enabled": true },
+            "m.set_displayname": { "enabled": true },
+            "m.set_avatar_url": { "enabled": true },
+            "m.profile_fields": { "enabled": true },
+            // No e-mail or phone numbers yet.
+            "m.3pid_changes": { "enabled": false },
+            "m.get_login_token": { "enabled": app.config.login_token_enabled },
+        }
+    })))
 }

@@ -1,23 +1,57 @@
 //! Membership endpoints.
 
-use std::collections::BTreeMap;
-
 use ruma::{
-    OwnedRoomId, OwnedUserId,
+    OwnedRoomId,
     api::client::knock::knock_room,
     api::client::membership::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
-        joined_members, joined_rooms, kick_user, leave_room, unban_user,
+        joined_members, joined_rooms, kick_user, leave_room, mutual_rooms, unban_user,
     },
     serde::Raw,
 };
 
-use crate::{App, Error, Result, ruma_wrapper::Ruma, services::timeline::parse_position};
+use crate::{
+    App, Error, Result,
+    ruma_wrapper::{JsonResponse, Ruma},
+    services::timeline::parse_position,
+};
 
 pub async fn join_by_id(app: App, req: Ruma<join_room_by_id::v3::Request>) -> Result<join_room_by_id::v3::Response> {
-    let user = req.user()?.clone();
-    app.join(&req.body.room_id, &user, req.body.reason.clone()).await?;
+    let session = req.session()?;
+    let content = guest_join(&app, session, &req.body.room_id).await?;
+    app.join_via(
+        &req.body.room_id,
+        &session.user_id,
+        req.body.reason.clone(),
+        &[],
+        content,
+    )
+    .await?;
     Ok(join_room_by_id::v3::Response::new(req.body.room_id.clone()))
+}
+
+/// A guest joins only rooms of this server that admit guests
+/// (`m.room.guest_access` is `can_join`), and says so in its member event.
+async fn guest_join(
+    app: &App,
+    session: &crate::services::accounts::Session,
+    room_id: &ruma::RoomId,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+    if !session.is_guest {
+        return Ok(None);
+    }
+    let admitted = app
+        .state_content(room_id, "m.room.guest_access", "")
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|c| c.get("guest_access").and_then(|v| v.as_str()) == Some("can_join"));
+    if !admitted {
+        return Err(Error::forbidden("Guest access not allowed in this room"));
+    }
+    let mut content = serde_json::Map::new();
+    content.insert("kind".into(), "guest".into());
+    Ok(Some(content))
 }
 
 pub async fn join_by_id_or_alias(
@@ -27,7 +61,18 @@ pub async fn join_by_id_or_alias(
     let user = req.user()?.clone();
     let (room_id, mut servers) = app.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
     servers.extend(req.body.via.iter().cloned());
-    app.join_via(&room_id, &user, req.body.reason.clone(), &servers).await?;
+    // The body's other keys go into the member event, as the reference
+    // server keeps them.
+    let mut content =
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&req.raw_body).unwrap_or_default();
+    for key in ["reason", "third_party_signed", "membership", "kind"] {
+        content.remove(key);
+    }
+    if let Some(guest) = guest_join(&app, req.session()?, &room_id).await? {
+        content.extend(guest);
+    }
+    app.join_via(&room_id, &user, req.body.reason.clone(), &servers, Some(content))
+        .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -75,10 +120,19 @@ pub async fn leave(app: App, req: Ruma<leave_room::v3::Request>) -> Result<leave
         .room(req.body.room_id.to_string())
         .await?
         .ok_or_else(|| Error::not_found("Unknown room"))?;
-    let membership = app.membership(&req.body.room_id, &user).await?;
-    if membership.as_deref() == Some("invite") && !app.has_local_member(&req.body.room_id).await? {
-        // An invite to a room held elsewhere is declined through the inviter's server.
-        app.reject_remote_invite(&req.body.room_id, &user, req.body.reason.clone())
+    let own = app
+        .store
+        .current_state_event(req.body.room_id.to_string(), "m.room.member".into(), user.to_string())
+        .await?;
+    let membership = own.as_ref().and_then(|e| e.pdu.membership());
+    // An invite or a knock for a room this server does not hold (an
+    // outlier: no timeline here) is declined through the room's servers,
+    // or here alone when they cannot be reached.
+    if matches!(membership.as_deref(), Some("invite") | Some("knock"))
+        && own.as_ref().is_some_and(|e| e.stream_pos <= 0)
+        && !app.has_local_member(&req.body.room_id).await?
+    {
+        app.decline_remote(&req.body.room_id, &user, req.body.reason.clone())
             .await?;
         return Ok(leave_room::v3::Response::new());
     }
@@ -227,11 +281,19 @@ pub async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Res
     Ok(get_member_events::v3::Response::new(chunk))
 }
 
-pub async fn joined_members(app: App, req: Ruma<joined_members::v3::Request>) -> Result<joined_members::v3::Response> {
+/// The room's joined members with their names and avatars (`null` when
+/// unset: clients read both keys). For members, and for anyone when the
+/// room is world-readable (room previews); not for former members.
+pub async fn joined_members(app: App, req: Ruma<joined_members::v3::Request>) -> Result<JsonResponse> {
     let user = req.user()?.clone();
     let room_id = &req.body.room_id;
-    if app.membership(room_id, &user).await?.as_deref() != Some("join") {
-        return Err(Error::forbidden("You are not a member of this room"));
+    match app.membership(room_id, &user).await?.as_deref() {
+        Some("join") => {}
+        Some("leave") | Some("ban") => return Err(Error::forbidden("You are not a member of this room")),
+        _ => {
+            // Not a member: the current state, only if world-readable.
+            crate::api::client::state::readable_state(&app, room_id, &user).await?;
+        }
     }
     let state = app.store.current_state_ids(room_id.to_string()).await?;
     let ids: Vec<String> = state
@@ -239,19 +301,56 @@ pub async fn joined_members(app: App, req: Ruma<joined_members::v3::Request>) ->
         .filter(|((k, _), _)| k.to_string() == "m.room.member")
         .map(|(_, id)| id.to_string())
         .collect();
-    let mut joined = BTreeMap::new();
+    let mut joined = serde_json::Map::new();
     for ev in app.store.events(ids).await? {
         if ev.pdu.membership().as_deref() != Some("join") {
             continue;
         }
-        let Some(uid) = ev.pdu.state_key.as_deref().and_then(|u| OwnedUserId::try_from(u).ok()) else {
-            continue;
-        };
+        let Some(uid) = ev.pdu.state_key.clone() else { continue };
         let c = ev.pdu.content_value();
-        let mut member = joined_members::v3::RoomMember::new();
-        member.display_name = c.get("displayname").and_then(|v| v.as_str()).map(str::to_owned);
-        member.avatar_url = c.get("avatar_url").and_then(|v| v.as_str()).map(Into::into);
-        joined.insert(uid, member);
+        let text = |k: &str| c.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        joined.insert(
+            uid,
+            serde_json::json!({ "display_name": text("displayname"), "avatar_url": text("avatar_url") }),
+        );
     }
-    Ok(joined_members::v3::Response::new(joined))
+    Ok(JsonResponse(serde_json::json!({ "joined": joined })))
+}
+
+/// How many rooms one page of `mutual_rooms` lists.
+const MUTUAL_ROOMS_PAGE: usize = 100;
+
+/// `GET /mutual_rooms?user_id=` (MSC2666): the rooms the caller and
+/// another user are both joined to, by room ID, a hundred at a time. The
+/// page token is the last room ID of the previous page; it is read as
+/// `from` (the stable path) or `batch_token` (the unstable one), and given
+/// back under both names.
+pub async fn mutual_rooms(app: App, req: Ruma<mutual_rooms::unstable::Request>) -> Result<JsonResponse> {
+    let user = req.user()?;
+    let other = &req.body.user_id;
+    if other == user {
+        return Err(Error::invalid_param("You share every room with yourself"));
+    }
+    let after = req.query_param("from").or_else(|| req.body.batch_token.clone());
+    let joined = |rows: Vec<missive_store::Membership>| -> std::collections::BTreeSet<String> {
+        rows.into_iter()
+            .filter(|m| m.membership == "join")
+            .map(|m| m.room_id)
+            .collect()
+    };
+    let mine = joined(app.store.memberships(user.to_string()).await?);
+    let theirs = joined(app.store.memberships(other.to_string()).await?);
+    let shared: Vec<&String> = mine
+        .intersection(&theirs)
+        .filter(|r| after.as_ref().is_none_or(|a| r.as_str() > a.as_str()))
+        .collect();
+    let page: Vec<&String> = shared.iter().take(MUTUAL_ROOMS_PAGE).copied().collect();
+    let mut body = serde_json::json!({ "joined": page, "count": page.len() });
+    if shared.len() > page.len()
+        && let Some(last) = page.last()
+    {
+        body["next_batch"] = last.as_str().into();
+        body["next_batch_token"] = last.as_str().into();
+    }
+    Ok(JsonResponse(body))
 }

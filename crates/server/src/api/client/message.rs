@@ -63,9 +63,25 @@ pub async fn send(app: App, req: Ruma<send_message_event::v3::Request>) -> Resul
 pub async fn redact(app: App, req: Ruma<redact_event::v3::Request>) -> Result<redact_event::v3::Response> {
     let s = req.session()?.clone();
     let version = app.room_version(&req.body.room_id).await?;
-    let target = app.store.event(req.body.event_id.to_string()).await?;
-    if target.as_ref().is_none_or(|t| t.pdu.room_id != req.body.room_id) {
-        return Err(Error::not_found("Event not found"));
+    let target = app
+        .store
+        .event(req.body.event_id.to_string())
+        .await?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    if target.pdu.room_id != req.body.room_id {
+        return Err(Error::invalid_param("Cannot redact an event of another room"));
+    }
+    // The auth rules let any member send a redaction; whether it applies
+    // is decided after. A redaction that would not apply is refused here,
+    // rather than acknowledged and ignored.
+    if target.pdu.kind == TimelineEventType::RoomCreate {
+        return Err(Error::forbidden("The room's create event cannot be redacted"));
+    }
+    if target.pdu.sender != s.user_id {
+        let pl = app.power_levels(&req.body.room_id).await?;
+        if pl.user(&s.user_id) < pl.action("redact") {
+            return Err(Error::forbidden("You may only redact your own events"));
+        }
     }
     let mut content = json!({});
     if let Some(r) = &req.body.reason {
@@ -101,7 +117,7 @@ pub async fn get_event(app: App, req: Ruma<get_room_event::v3::Request>) -> Resu
     if !app.may_see_event(&user, &ev).await? {
         return Err(Error::not_found("Event not found"));
     }
-    let json = app.client_event(&ev, req.session.as_ref()).await?;
+    let json = app.timeline_client_event(&ev, req.session.as_ref()).await?;
     Ok(get_room_event::v3::Response::new(raw(&json)?))
 }
 
@@ -135,8 +151,10 @@ pub async fn messages(
         .store
         .room_events(r.room_id.to_string(), start, bound, dir, limit)
         .await?;
+    // An `end` whenever the page held events, visible or not: a shorter
+    // page is not proof of the room's start (clients stop at no `end`).
     let end = match (events.last(), dir) {
-        (Some(last), Direction::Backward) if events.len() == limit => Some(position_token(last.stream_pos - 1)),
+        (Some(last), Direction::Backward) => Some(position_token(last.stream_pos - 1)),
         (Some(last), Direction::Forward) => Some(position_token(last.stream_pos)),
         _ => None,
     };
@@ -149,8 +167,9 @@ pub async fn messages(
     let mut senders = std::collections::BTreeSet::new();
     for ev in &events {
         senders.insert(ev.pdu.sender.to_string());
-        resp.chunk
-            .push(raw(&app.client_event(ev, req.session.as_ref()).await?)?);
+    }
+    for json in app.timeline_client_events(&events, req.session.as_ref()).await? {
+        resp.chunk.push(raw(&json)?);
     }
     if lazy && !events.is_empty() {
         let state = app.store.current_state_ids(r.room_id.to_string()).await?;
@@ -216,14 +235,12 @@ pub async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<ge
     let mut resp = get_context::v3::Response::new();
     resp.start = Some(position_token(start));
     resp.end = Some(position_token(end));
-    resp.event = Some(raw(&app.client_event(&ev, req.session.as_ref()).await?)?);
-    for e in &before {
-        resp.events_before
-            .push(raw(&app.client_event(e, req.session.as_ref()).await?)?);
+    resp.event = Some(raw(&app.timeline_client_event(&ev, req.session.as_ref()).await?)?);
+    for json in app.timeline_client_events(&before, req.session.as_ref()).await? {
+        resp.events_before.push(raw(&json)?);
     }
-    for e in &after {
-        resp.events_after
-            .push(raw(&app.client_event(e, req.session.as_ref()).await?)?);
+    for json in app.timeline_client_events(&after, req.session.as_ref()).await? {
+        resp.events_after.push(raw(&json)?);
     }
     // The state at the requested event.
     let state = app.store.state_at_group(ev.state_group).await?;

@@ -17,9 +17,12 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{App, Error, Result, ruma_wrapper::Ruma};
+use crate::{
+    App, Error, Result,
+    ruma_wrapper::{JsonResponse, Ruma},
+};
 
-const KINDS: &[&str] = &["override", "underride", "sender", "room", "content"];
+pub const KINDS: &[&str] = &["override", "underride", "sender", "room", "content"];
 
 fn raw<T>(v: &Value) -> Result<Raw<T>> {
     Ok(Raw::from_json(
@@ -31,25 +34,69 @@ fn not_found() -> Error {
     Error::not_found("Unknown push rule")
 }
 
-/// A rule of an unknown kind cannot exist, nor be created: 404 for reads
-/// and changes of one, 400 for an attempt to create one (which ruma's
-/// request type would otherwise call bad JSON).
+/// Paths under `/pushrules/` that name no rule, kind or attribute the
+/// spec knows get `400 M_UNRECOGNIZED`, as from the reference server: an
+/// unknown scope or kind, a scope or kind without its trailing slash, an
+/// unknown attribute. (`/pushrules` itself is no endpoint: 404.)
 pub async fn check_rule_kind(req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let after = path.split_once("/pushrules/global/").map(|(_, rest)| rest);
-    if let Some(rest) = after {
-        let parts: Vec<&str> = rest.split('/').collect();
-        // `postcontent` (MSC4306) is known to ruma when built with it.
-        if parts.len() >= 2 && !KINDS.contains(&parts[0]) && parts[0] != "postcontent" {
-            if parts.len() == 2 && req.method() == http::Method::PUT {
-                return Error::invalid_param(format!("Unknown push rule kind {:?}", parts[0])).into_response();
-            }
-            if parts.len() <= 3 {
-                return not_found().into_response();
-            }
+    if let Some((_, rest)) = path.split_once("/pushrules/")
+        && let Some(reason) = unrecognised_rule_path(rest)
+    {
+        return Error::Matrix {
+            status: http::StatusCode::BAD_REQUEST,
+            errcode: "M_UNRECOGNIZED",
+            message: reason,
+            extra: None,
         }
+        .into_response();
     }
     next.run(req).await
+}
+
+/// Why a path after `/pushrules/` names nothing, if it does not.
+fn unrecognised_rule_path(rest: &str) -> Option<String> {
+    if rest.is_empty() {
+        return None;
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts[0] != "global" {
+        return Some(format!("Unknown push rule scope {:?}", parts[0]));
+    }
+    match parts.len() {
+        // `global`: the scope needs its slash.
+        1 => Some("The scope needs a trailing slash".into()),
+        // `global/` or `global/{kind}`: a kind needs its slash too.
+        2 if parts[1].is_empty() => None,
+        2 => Some("The kind needs a trailing slash".into()),
+        _ if !KINDS.contains(&parts[1]) && parts[1] != "postcontent" => {
+            Some(format!("Unknown push rule kind {:?}", parts[1]))
+        }
+        3 => None,
+        4 if matches!(parts[3], "actions" | "enabled") => None,
+        _ => Some("Unknown push rule attribute".into()),
+    }
+}
+
+/// `GET /pushrules/global/{kind}/`: the rules of one kind, as a list.
+pub async fn get_kind_rules(
+    app: App,
+    req: Ruma<get_pushrules_global_scope::v3::Request>,
+    kind: &'static str,
+) -> Result<JsonResponse> {
+    let rules = app.push_rules(req.user()?).await?;
+    let all = serde_json::to_value(&rules).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(JsonResponse(
+        all.get(kind).cloned().unwrap_or_else(|| Value::Array(vec![])),
+    ))
+}
+
+/// The paths of the per-kind rule lists, for the router.
+pub fn kind_list_paths(kind: &str) -> [String; 2] {
+    [
+        format!("/_matrix/client/r0/pushrules/global/{kind}/"),
+        format!("/_matrix/client/v3/pushrules/global/{kind}/"),
+    ]
 }
 
 pub async fn get_rules(app: App, req: Ruma<get_pushrules_all::v3::Request>) -> Result<get_pushrules_all::v3::Response> {
@@ -198,7 +245,7 @@ pub async fn notifications(
             continue;
         };
         let ts = MilliSecondsSinceUnixEpoch(UInt::new(row.ts.max(0) as u64).unwrap_or_default());
-        let event = raw(&app.client_event(ev, Some(session)).await?)?;
+        let event = raw(&app.timeline_client_event(ev, Some(session)).await?)?;
         out.push(get_notifications::v3::Notification::new(
             actions, event, row.read, room_id, ts,
         ));

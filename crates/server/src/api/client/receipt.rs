@@ -40,6 +40,8 @@ async fn receipt(app: &App, user: &UserId, room: &RoomId, kind: &str, event: &Ev
         )
         .await?;
     app.notify();
+    // The user's phones clear (or lower) their badge.
+    app.push_badge(user).await;
     // Private receipts stay on this server.
     if kind == "m.read" {
         app.federate_receipt(room, user, event.as_str(), thread, ts).await;

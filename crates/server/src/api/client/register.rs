@@ -14,6 +14,9 @@ use crate::{
 };
 
 pub async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
+    if req.body.kind == register::RegistrationKind::Guest {
+        return register_guest(app, req).await;
+    }
     let flows: &[&[&str]] = match app.config.registration {
         Registration::Closed => {
             return Err(Error::forbidden("Registration is disabled on this server"));
@@ -24,19 +27,14 @@ pub async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<regi
     let ip = req.client_ip.map(|i| i.to_string()).unwrap_or_default();
     app.rate_limiter
         .check(&app.config.rate_limits, Action::Registration, &ip)?;
-    if req.body.kind == register::RegistrationKind::Guest {
-        return Err(Error::Matrix {
-            status: http::StatusCode::FORBIDDEN,
-            errcode: "M_GUEST_ACCESS_FORBIDDEN",
-            message: "Guest access is disabled".into(),
-            extra: None,
-        });
-    }
     let localpart = match &req.body.username {
         Some(u) => u.to_lowercase(),
         None => random_string(12).to_lowercase(),
     };
     validate_localpart(&localpart)?;
+    if localpart.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::invalid_username("Numeric user IDs are reserved for guests"));
+    }
     let user_id = app.user_id(&localpart)?;
     if app.store.user(user_id.to_string()).await?.is_some() {
         return Err(Error::user_in_use("User ID already taken"));
@@ -60,6 +58,34 @@ pub async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<regi
         resp.refresh_token = tokens.refresh_token;
         resp.expires_in = tokens.expires_in_ms.map(std::time::Duration::from_millis);
     }
+    Ok(resp)
+}
+
+/// A guest account, when the server allows them: no credentials asked,
+/// a numbered user ID, a session at once.
+async fn register_guest(app: App, req: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
+    if !app.config.allow_guest_access {
+        return Err(Error::Matrix {
+            status: http::StatusCode::FORBIDDEN,
+            errcode: "M_GUEST_ACCESS_FORBIDDEN",
+            message: "Guest access is disabled".into(),
+            extra: None,
+        });
+    }
+    let ip = req.client_ip.map(|i| i.to_string()).unwrap_or_default();
+    app.rate_limiter
+        .check(&app.config.rate_limits, Action::Registration, &ip)?;
+    let user_id = app.create_guest().await?;
+    tracing::info!(user = %user_id, "guest registered");
+    let r = req.body;
+    let (device_id, tokens) = app
+        .start_session(&user_id, r.device_id, r.initial_device_display_name, r.refresh_token)
+        .await?;
+    let mut resp = register::v3::Response::new(user_id);
+    resp.access_token = Some(tokens.access_token);
+    resp.device_id = Some(device_id);
+    resp.refresh_token = tokens.refresh_token;
+    resp.expires_in = tokens.expires_in_ms.map(std::time::Duration::from_millis);
     Ok(resp)
 }
 

@@ -74,8 +74,8 @@ async fn relations<T>(
         .flatten();
     let events = app.filter_visible(user, room_id, events).await?;
     let mut chunk = vec![];
-    for e in &events {
-        chunk.push(raw(&app.client_event(e, Some(session)).await?)?);
+    for json in app.timeline_client_events(&events, Some(session)).await? {
+        chunk.push(raw(&json)?);
     }
     Ok(Page { chunk, next_batch })
 }
@@ -181,7 +181,7 @@ pub async fn threads(app: App, req: Ruma<get_threads::v1::Request>) -> Result<ge
         if !app.may_see_event(&session.user_id, &root).await? {
             continue;
         }
-        chunk.push(raw(&app.client_event(&root, Some(&session)).await?)?);
+        chunk.push(raw(&app.timeline_client_event(&root, Some(&session)).await?)?);
     }
     let mut resp = get_threads::v1::Response::new(chunk);
     resp.next_batch = next_batch;

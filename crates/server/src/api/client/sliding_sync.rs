@@ -13,8 +13,6 @@ pub async fn sync(app: App, req: Ruma<v5::Request>) -> Result<v5::Response> {
             app.set_presence(&session.user_id, state, None).await;
         }
     }
-    app.store
-        .touch_device(session.user_id.to_string(), session.device_id.to_string(), None)
-        .await?;
+    app.touch_device(&session, req.client_ip).await?;
     app.sliding_sync(&session, &req.body).await
 }

@@ -14,8 +14,12 @@ const MAX_BATCH_SERVERS: usize = 50;
 
 pub fn routes(router: Router<App>) -> Router<App> {
     router
-        .ruma::<get_server_keys::v2::Request, _, _>(server_keys)
-        .ruma::<get_remote_server_keys::v2::Request, _, _>(query)
+        // The key ID of the older paths is ignored: every key is given.
+        .ruma_also::<get_server_keys::v2::Request, _, _, _>(&["/_matrix/key/v2/server/{key_id}"], server_keys)
+        .ruma_also::<get_remote_server_keys::v2::Request, _, _, _>(
+            &["/_matrix/key/v2/query/{server_name}/{key_id}"],
+            query,
+        )
         .ruma::<get_remote_server_keys_batch::v2::Request, _, _>(query_batch)
 }
 

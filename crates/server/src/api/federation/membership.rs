@@ -1,15 +1,21 @@
 //! Joining, leaving and invites for users of other servers: make_join,
-//! send_join (v2), make_leave, send_leave (v2), make_knock, send_knock, invite (v2).
+//! send_join, make_leave, send_leave, make_knock, send_knock, invite. The
+//! v1 send_join, send_leave and invite, which other implementations still
+//! call, take the same requests as v2 and answer `[200, body]`.
 
 use axum::Router;
-use ruma::api::federation::membership::{
-    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
-    prepare_leave_event,
+use ruma::{
+    RoomVersionId,
+    api::federation::membership::{
+        RawStrippedState, create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+        prepare_knock_event, prepare_leave_event,
+    },
 };
+use serde_json::json;
 
 use crate::{
-    App, Result,
-    ruma_wrapper::{RouterExt, Ruma},
+    App, Error, Result,
+    ruma_wrapper::{JsonResponse, RouterExt, Ruma},
 };
 
 pub fn routes(router: Router<App>) -> Router<App> {
@@ -21,6 +27,74 @@ pub fn routes(router: Router<App>) -> Router<App> {
         .ruma::<prepare_knock_event::v1::Request, _, _>(make_knock)
         .ruma::<create_knock_event::v1::Request, _, _>(send_knock)
         .ruma::<create_invite::v2::Request, _, _>(invite)
+        // Same path parameters and the bare event as body: v2's request types.
+        .ruma_at::<create_join_event::v2::Request, _, _, _>(
+            &["/_matrix/federation/v1/send_join/{room_id}/{event_id}"],
+            send_join_v1,
+        )
+        .ruma_at::<create_leave_event::v2::Request, _, _, _>(
+            &["/_matrix/federation/v1/send_leave/{room_id}/{event_id}"],
+            send_leave_v1,
+        )
+        .ruma_at::<create_join_event::v2::Request, _, _, _>(
+            &["/_matrix/federation/v1/invite/{room_id}/{event_id}"],
+            invite_v1,
+        )
+}
+
+/// The v1 answers: the v2 body, behind its status code.
+fn v1_answer(body: serde_json::Value) -> JsonResponse {
+    JsonResponse(json!([200, body]))
+}
+
+async fn send_join_v1(app: App, req: Ruma<create_join_event::v2::Request>) -> Result<JsonResponse> {
+    let res = send_join(app, req).await?;
+    let body = JsonResponse::from_ruma(res, |_| {})?.0;
+    Ok(v1_answer(body))
+}
+
+async fn send_leave_v1(app: App, req: Ruma<create_leave_event::v2::Request>) -> Result<JsonResponse> {
+    send_leave(app, req).await?;
+    Ok(v1_answer(json!({})))
+}
+
+/// `PUT /_matrix/federation/v1/invite`: the body is the invite itself, with
+/// the room's stripped state in its `unsigned`; the version comes from the
+/// stripped create event (version 1 without one, as v1 predates versions).
+async fn invite_v1(app: App, req: Ruma<create_join_event::v2::Request>) -> Result<JsonResponse> {
+    let origin = req.origin()?;
+    let b = &req.body;
+    #[derive(serde::Deserialize, Default)]
+    struct Unsigned {
+        #[serde(default)]
+        invite_room_state: Vec<RawStrippedState>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Invite {
+        #[serde(default)]
+        unsigned: Option<Unsigned>,
+    }
+    let invite: Invite = serde_json::from_str(b.pdu.get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    let state = invite.unsigned.unwrap_or_default().invite_room_state;
+    let version = state
+        .iter()
+        .find_map(|s| {
+            let raw = match s {
+                RawStrippedState::Pdu(p) => p.get(),
+                #[allow(deprecated)]
+                RawStrippedState::Stripped(r) => r.json().get(),
+                _ => return None,
+            };
+            let v: serde_json::Value = serde_json::from_str(raw).ok()?;
+            (v["type"] == "m.room.create").then(|| v["content"]["room_version"].as_str().unwrap_or("1").to_owned())
+        })
+        .unwrap_or_else(|| "1".to_owned());
+    let version = RoomVersionId::try_from(version).map_err(|e| Error::bad_json(e.to_string()))?;
+    let event = app
+        .accept_invite(origin, &b.room_id, &b.event_id, &version, &b.pdu, &state)
+        .await?;
+    let event: serde_json::Value = serde_json::from_str(event.get()).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(v1_answer(json!({ "event": event })))
 }
 
 async fn make_knock(

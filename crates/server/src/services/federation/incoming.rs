@@ -31,6 +31,9 @@ use crate::{App, Error, Result, services::rooms::RoomVersion};
 /// At most this many missing prev_events have their state fetched.
 const MAX_REMOTE_STATES: usize = 4;
 
+/// The most events a newly joined server is sent to catch up.
+const CATCH_UP_EVENTS: usize = 50;
+
 /// How many missing events are asked for to fill one gap.
 const MISSING_EVENTS_LIMIT: u32 = 50;
 
@@ -76,12 +79,12 @@ pub fn pdu_room_id(raw: &RawJsonValue) -> Option<OwnedRoomId> {
     serde_json::from_str::<R>(raw.get()).ok()?.room_id
 }
 
-/// The event ID of a PDU (its reference hash), whether or not it checks out.
+/// The event ID of a PDU (its reference hash, or the ID it carries in
+/// versions 1 and 2), whether or not it checks out.
 pub fn event_id_of(version: &RoomVersion, raw: &RawJsonValue) -> Option<OwnedEventId> {
     let mut obj: CanonicalJsonObject = serde_json::from_str(raw.get()).ok()?;
     obj.remove("unsigned");
-    let hash = ruma::signatures::reference_hash(&obj, &version.rules).ok()?;
-    OwnedEventId::try_from(format!("${hash}")).ok()
+    missive_core::pdu::event_id_for(&obj, &version.rules).ok()
 }
 
 impl App {
@@ -100,9 +103,8 @@ impl App {
         if raw.get().len() > missive_core::builder::MAX_PDU_BYTES {
             return Err(PduRejection::Invalid("PDU too large".into()));
         }
-        let hash =
-            ruma::signatures::reference_hash(&obj, &version.rules).map_err(|e| PduRejection::Invalid(e.to_string()))?;
-        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| PduRejection::Invalid(e.to_string()))?;
+        let event_id =
+            missive_core::pdu::event_id_for(&obj, &version.rules).map_err(|e| PduRejection::Invalid(e.to_string()))?;
         let keys = self
             .public_keys_for(&obj)
             .await
@@ -297,6 +299,24 @@ impl App {
                     })
                 })
         });
+        // A server whose first user joins now: it cannot have seen what this
+        // server's users sent while its join was on its way here.
+        let joining_server = match (soft_failed, pdu.membership().as_deref(), pdu.state_key.as_deref()) {
+            (false, Some("join"), Some(sk)) => match <&ruma::UserId>::try_from(sk) {
+                Ok(u)
+                    if !self.is_local(u)
+                        && !self
+                            .servers_in_room(&room_id)
+                            .await?
+                            .iter()
+                            .any(|s| s == u.server_name()) =>
+                {
+                    Some(u.server_name().to_owned())
+                }
+                _ => None,
+            },
+            _ => None,
+        };
         let (rel_type, relates_to) = crate::services::rooms::relation_of(&pdu);
         let append = RemoteAppend {
             event: NewRoomEvent {
@@ -316,12 +336,61 @@ impl App {
             Ok(_) | Err(StoreError::Exists) => {}
             Err(e) => return Err(e.into()),
         }
+        if let Some(server) = joining_server {
+            self.catch_up_joined_server(&room_id, &server, &pdu).await?;
+        }
+        if !forward_to.is_empty() {
+            self.wake_sender();
+        }
         if !soft_failed {
             if let Some(target) = &pdu.redacts {
                 self.apply_redaction(version, &pdu, target).await?;
             }
             self.notify();
             self.queue_push(&pdu);
+        }
+        Ok(())
+    }
+
+    /// Sends a server that just joined the room the events of this
+    /// server's users it cannot have seen: those stored here after the
+    /// newest of its join's `prev_events` (at most [`CATCH_UP_EVENTS`]).
+    /// Without this, a message sent here while the join was being relayed
+    /// went only to the servers in the room before it, and never to the
+    /// new one.
+    async fn catch_up_joined_server(
+        &self,
+        room_id: &RoomId,
+        server: &ServerName,
+        join: &Pdu,
+    ) -> Result<(), PduRejection> {
+        let prevs = self
+            .store
+            .events(join.prev_events.iter().map(|e| e.to_string()).collect())
+            .await?;
+        let Some(from) = prevs.iter().map(|e| e.stream_pos).filter(|p| *p > 0).max() else {
+            return Ok(());
+        };
+        let mut later = self
+            .store
+            .room_events(
+                room_id.to_string(),
+                self.store.persisted_upto() + 1,
+                Some(from),
+                missive_store::Direction::Backward,
+                CATCH_UP_EVENTS,
+            )
+            .await?;
+        later.reverse();
+        let ours: Vec<String> = later
+            .into_iter()
+            .filter(|e| self.is_local(&e.pdu.sender) && e.pdu.event_id != join.event_id)
+            .map(|e| e.pdu.event_id.to_string())
+            .collect();
+        if !ours.is_empty() {
+            tracing::debug!(room = %room_id, %server, events = ours.len(), "catching a newly joined server up");
+            self.store.queue_pdus_for(server.to_string(), ours).await?;
+            self.wake_sender();
         }
         Ok(())
     }

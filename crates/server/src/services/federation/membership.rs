@@ -31,7 +31,10 @@ const HISTORY_ON_JOIN: u32 = 50;
 
 /// The room versions this server can join.
 pub fn supported_versions() -> Vec<RoomVersionId> {
-    vec![RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12]
+    missive_core::SUPPORTED_ROOM_VERSIONS
+        .iter()
+        .filter_map(|v| RoomVersionId::try_from(*v).ok())
+        .collect()
 }
 
 /// Stripped state events (as JSON text) from the PDUs or stripped events
@@ -87,10 +90,10 @@ fn remote_error(e: crate::services::federation::incoming::PduRejection) -> Error
 #[derive(serde::Deserialize)]
 struct Template {
     room_id: OwnedRoomId,
-    #[serde(default)]
-    prev_events: Vec<OwnedEventId>,
-    #[serde(default)]
-    auth_events: Vec<OwnedEventId>,
+    #[serde(default, deserialize_with = "missive_core::pdu::event_refs_with_hashes")]
+    prev_events: Vec<(OwnedEventId, Option<String>)>,
+    #[serde(default, deserialize_with = "missive_core::pdu::event_refs_with_hashes")]
+    auth_events: Vec<(OwnedEventId, Option<String>)>,
     #[serde(default)]
     depth: u64,
     #[serde(default)]
@@ -110,6 +113,14 @@ impl App {
         content: Value,
         template: Template,
     ) -> Result<Pdu> {
+        // Versions 1 and 2 name each event with its hashes: the resident
+        // server's are kept as they came.
+        let ref_hashes = template
+            .prev_events
+            .iter()
+            .chain(&template.auth_events)
+            .filter_map(|(id, h)| Some((id.clone(), h.clone()?)))
+            .collect();
         build_pdu(
             &version.rules,
             self.server_name.as_str(),
@@ -118,9 +129,10 @@ impl App {
             NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content),
             Prev {
                 room_id: Some(room_id),
-                prev_events: template.prev_events,
-                auth_events: template.auth_events,
+                prev_events: template.prev_events.into_iter().map(|(id, _)| id).collect(),
+                auth_events: template.auth_events.into_iter().map(|(id, _)| id).collect(),
                 depth: template.depth,
+                ref_hashes,
             },
             MilliSecondsSinceUnixEpoch::now(),
         )
@@ -321,14 +333,73 @@ impl App {
         out
     }
 
-    /// Rejects an invite to a room this server is not in (make_leave and
-    /// send_leave through the inviting server).
-    pub async fn reject_remote_invite(&self, room_id: &RoomId, user: &UserId, reason: Option<String>) -> Result<()> {
-        let invite = self
+    /// Declines an invite (or withdraws a knock) for a room this server
+    /// is not in: through the inviting server when it answers, else here
+    /// alone (an out-of-band leave, as the reference server does), so that
+    /// a user is never stuck with an invite nobody can take back.
+    pub async fn decline_remote(&self, room_id: &RoomId, user: &UserId, reason: Option<String>) -> Result<()> {
+        let own = self
             .store
             .current_state_event(room_id.to_string(), "m.room.member".into(), user.to_string())
             .await?
             .ok_or_else(|| Error::forbidden("You are not invited to this room"))?;
+        if own.pdu.membership().as_deref() == Some("invite") && self.federation_enabled() {
+            match self.reject_remote_invite(room_id, user, reason.clone(), &own).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(room = %room_id, "declining the invite through its server failed, declining here: {e}")
+                }
+            }
+        }
+        let version = self
+            .store
+            .room(room_id.to_string())
+            .await?
+            .map(|r| r.room_version)
+            .unwrap_or_else(|| "1".to_owned());
+        let rules = RoomVersion::parse(&version)?.rules;
+        let mut content = json!({ "membership": "leave" });
+        if let Some(r) = reason {
+            content["reason"] = r.into();
+        }
+        let mut auth_events = own.pdu.auth_events.clone();
+        auth_events.push(own.pdu.event_id.clone());
+        let ref_hashes = own
+            .pdu
+            .content_hash()
+            .map(|h| (own.pdu.event_id.clone(), h))
+            .into_iter()
+            .collect();
+        let pdu = build_pdu(
+            &rules,
+            self.server_name.as_str(),
+            &self.key,
+            user,
+            NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content),
+            Prev {
+                room_id: Some(room_id),
+                prev_events: vec![own.pdu.event_id.clone()],
+                auth_events,
+                depth: own.pdu.depth + 1,
+                ref_hashes,
+            },
+            MilliSecondsSinceUnixEpoch::now(),
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        self.store.set_remote_membership(pdu, version, None).await?;
+        self.notify();
+        Ok(())
+    }
+
+    /// Rejects an invite to a room this server is not in (make_leave and
+    /// send_leave through the inviting server).
+    async fn reject_remote_invite(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<String>,
+        invite: &missive_store::StoredEvent,
+    ) -> Result<()> {
         let server = invite.pdu.sender.server_name().to_owned();
         let res = self
             .federation_request(

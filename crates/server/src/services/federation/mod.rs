@@ -83,25 +83,30 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The CAs trusted for outgoing federation: the public web PKI roots and,
 /// if configured, the deployment's own.
-fn root_certificates(ca_file: Option<&Path>) -> Result<Vec<reqwest::Certificate>> {
+fn root_certificates(extra: Option<&Path>) -> Result<Vec<reqwest::Certificate>> {
     let mut roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
         .iter()
         .filter_map(|der| reqwest::Certificate::from_der(der).ok())
         .collect::<Vec<_>>();
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| Error::Internal(format!("reading federation.ca_file {}: {e}", path.display())))?;
-        let extra = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| Error::Internal(format!("parsing federation.ca_file {}: {e}", path.display())))?;
-        if extra.is_empty() {
-            return Err(Error::Internal(format!(
-                "federation.ca_file {} holds no certificate",
-                path.display()
-            )));
-        }
-        roots.extend(extra);
+    if let Some(path) = extra {
+        roots.extend(ca_file("federation.ca_file", path)?);
     }
     Ok(roots)
+}
+
+/// The certificates of a configured PEM file of certificate authorities
+/// (`setting` names it in errors); at least one.
+pub(crate) fn ca_file(setting: &str, path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path).map_err(|e| Error::Internal(format!("reading {setting} {}: {e}", path.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::Internal(format!("parsing {setting} {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Internal(format!(
+            "{setting} {} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
 }
 
 /// The TLS settings of the federation listener, from the configured PEM files.

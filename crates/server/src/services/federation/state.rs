@@ -105,6 +105,13 @@ impl App {
         }
         let roots: HashSet<OwnedEventId> = maps.iter().flat_map(|m| m.values().cloned()).collect();
         let graph = self.load_graph(roots, extra).await?;
+        let Some(v2) = version.rules.state_res.v2_rules() else {
+            return Ok(missive_core::state_res_v1::resolve(
+                &version.rules,
+                &maps,
+                &graph.events,
+            ));
+        };
         let auth_chains: Vec<HashSet<OwnedEventId>> = maps
             .iter()
             .map(|m| {
@@ -115,9 +122,6 @@ impl App {
                 chain
             })
             .collect();
-        let Some(v2) = version.rules.state_res.v2_rules() else {
-            return Err(Error::Internal("room versions before 2 are not supported".into()));
-        };
         let maps_r: Vec<ruma::state_res::StateMap<OwnedEventId>> = maps
             .iter()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
