@@ -92,7 +92,7 @@ async fn guests_only_where_the_server_and_the_room_allow_them() {
         ("POST", "/_matrix/client/v3/createRoom".to_owned(), json!({})),
         ("POST", room_path(&open, "invite"), json!({ "user_id": alice.user_id })),
         ("PUT", room_path(&open, "state/m.room.topic/"), json!({ "topic": "x" })),
-        ("GET", "/_matrix/client/v3/pushrules/".to_owned(), json!({})),
+        ("POST", "/_matrix/client/v3/pushers/set".to_owned(), json!({})),
     ] {
         let r = guest.call(method, &path, Some(body)).await;
         assert_eq!(
@@ -103,6 +103,31 @@ async fn guests_only_where_the_server_and_the_room_allow_them() {
     }
     let r = guest.call("GET", "/_matrix/client/v3/events?timeout=0", None).await;
     assert_eq!(r.status, 400, "a guest's stream names its room");
+    let r = guest
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{}/avatar_url", enc(&guest.user_id)),
+            Some(json!({ "avatar_url": "mxc://localhost/x" })),
+        )
+        .await;
+    assert_eq!(r.errcode(), "M_GUEST_ACCESS_FORBIDDEN", "a guest names itself, no more");
+    guest.ok("GET", "/_matrix/client/v3/pushrules/", None).await;
+
+    // The room stops admitting guests: this server's guests leave it.
+    alice
+        .ok(
+            "PUT",
+            &room_path(&open, "state/m.room.guest_access/"),
+            Some(json!({ "guest_access": "forbidden" })),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let path = room_path(&open, &format!("state/m.room.member/{}", enc(&guest.user_id)));
+    while alice.ok("GET", &path, None).await["membership"] != "leave" {
+        assert!(std::time::Instant::now() < deadline, "the guest is still in the room");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(guest.send_text(&open, "g2", "still here?").await.status, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

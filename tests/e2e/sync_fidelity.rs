@@ -213,6 +213,47 @@ async fn ignored_users_are_not_heard() {
             .any(|e| e["content"]["body"] == "from mallory")
     );
 
+    // Nor through what other events bundle: a thread's latest reply, or
+    // the redaction that emptied a message.
+    let root = alice.send_text(&room, "root", "a thread").await.body["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    mallory
+        .ok(
+            "PUT",
+            &room_path(&room, "send/m.room.message/m-reply"),
+            Some(json!({
+                "msgtype": "m.text", "body": "mallory in the thread",
+                "m.relates_to": { "rel_type": "m.thread", "event_id": root },
+            })),
+        )
+        .await;
+    let ev = bob
+        .ok("GET", &room_path(&room, &format!("event/{}", enc(&root))), None)
+        .await;
+    assert!(ev["unsigned"]["m.relations"].get("m.thread").is_none(), "{ev}");
+    let pl_path = room_path(&room, "state/m.room.power_levels/");
+    let mut power = alice.ok("GET", &pl_path, None).await;
+    power["users"][mallory.user_id.as_str()] = json!(50);
+    alice.ok("PUT", &pl_path, Some(power)).await;
+    let own = alice.send_text(&room, "own", "to be removed").await.body["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    mallory
+        .ok(
+            "PUT",
+            &room_path(&room, &format!("redact/{}/m-redact", enc(&own))),
+            Some(json!({ "reason": "something bob must not read" })),
+        )
+        .await;
+    let ev = bob
+        .ok("GET", &room_path(&room, &format!("event/{}", enc(&own))), None)
+        .await;
+    assert_eq!(ev["content"], json!({}));
+    assert!(ev["unsigned"].get("redacted_because").is_none(), "{ev}");
+
     // Her invitations never arrive, in full and incremental syncs.
     let other = mallory.create_room(json!({})).await;
     mallory
@@ -388,4 +429,165 @@ async fn current_state_own_leave_and_membership_at_each_event() {
     bob.ok("POST", &room_path(&room, "leave"), Some(json!({}))).await;
     let r = bob.call("GET", &room_path(&room, "joined_members"), None).await;
     assert_eq!(r.status, 403, "former members are refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitee_who_never_joined_reads_nothing() {
+    let server = TestServer::start().await;
+    let alice = Raw::register(&server, "alice").await;
+    let bob = Raw::register(&server, "bob").await;
+    // Shared history: what came before a join is the joiner's to read.
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Cabinet" }))
+        .await;
+    let secret = alice.send_text(&room, "s1", "the secret").await.body["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .ok(
+            "POST",
+            &room_path(&room, "invite"),
+            Some(json!({ "user_id": bob.user_id })),
+        )
+        .await;
+    let invite = alice
+        .ok(
+            "GET",
+            &room_path(
+                &room,
+                &format!("state/m.room.member/{}?format=event", enc(&bob.user_id)),
+            ),
+            None,
+        )
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The invite's context would be the room's state: not before a join.
+    let r = bob
+        .call("GET", &room_path(&room, &format!("context/{}", enc(&invite))), None)
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let since = next_batch(&bob.sync(None, 0).await);
+
+    // Declined: the sync says so with the leave alone, no state.
+    bob.ok("POST", &room_path(&room, "leave"), Some(json!({}))).await;
+    let s = bob.sync(Some(&since), 5000).await;
+    let left = &s["rooms"]["leave"][&room];
+    let timeline = left["timeline"]["events"].as_array().unwrap();
+    assert_eq!(timeline.len(), 1, "{left}");
+    assert_eq!(timeline[0]["content"]["membership"], "leave");
+    assert_eq!(left["state"]["events"], json!([]), "{left}");
+    // Nor the history, after.
+    let page = bob.ok("GET", &room_path(&room, "messages?dir=b&limit=50"), None).await;
+    assert!(
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["content"]["body"] != "the secret"),
+        "{page}"
+    );
+    let r = bob
+        .call("GET", &room_path(&room, &format!("context/{}", enc(&secret))), None)
+        .await;
+    assert_eq!(r.status, 404);
+
+    // Joining is what opens the shared history.
+    alice
+        .ok(
+            "POST",
+            &room_path(&room, "invite"),
+            Some(json!({ "user_id": bob.user_id })),
+        )
+        .await;
+    join(&bob, &room).await;
+    let page = bob.ok("GET", &room_path(&room, "messages?dir=b&limit=50"), None).await;
+    assert!(
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["content"]["body"] == "the secret")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lazy_loading_response_is_answered_again_in_full() {
+    let server = TestServer::start().await;
+    let alice = Raw::register(&server, "alice").await;
+    let dave = Raw::register(&server, "dave").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join(&dave, &room).await;
+    alice.send_text(&room, "a1", "one").await;
+    alice.send_text(&room, "a2", "two").await;
+    let filter = json!({ "room": { "timeline": { "limit": 2 }, "state": { "lazy_load_members": true } } }).to_string();
+    let since = next_batch(&alice.sync_filtered(None, 0, &filter).await);
+    dave.send_text(&room, "d1", "dave speaks").await;
+    let dave_member = |s: &Value| {
+        s["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["state_key"] == dave.user_id))
+    };
+    let first = alice.sync_filtered(Some(&since), 0, &filter).await;
+    assert!(dave_member(&first), "{first}");
+    // The client never got that answer and asks again from the same token.
+    let again = alice.sync_filtered(Some(&since), 0, &filter).await;
+    assert!(dave_member(&again), "a retried sync lacks the sender's member: {again}");
+    // Once it moves on, the member is not repeated.
+    dave.send_text(&room, "d2", "again").await;
+    let next = alice.sync_filtered(Some(&next_batch(&again)), 1000, &filter).await;
+    assert!(!dave_member(&next), "{next}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_skips_nothing_behind_hidden_events() {
+    let server = TestServer::start().await;
+    let alice = Raw::register(&server, "alice").await;
+    let bob = Raw::register(&server, "bob").await;
+    let mallory = Raw::register(&server, "mallory").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join(&bob, &room).await;
+    join(&mallory, &room).await;
+    alice
+        .ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                enc(&alice.user_id)
+            ),
+            Some(json!({ "ignored_users": { (mallory.user_id.clone()): {} } })),
+        )
+        .await;
+    let mut from = alice.ok("GET", "/_matrix/client/v3/events?timeout=0", None).await["end"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // More hidden events than one answer reads, then one to be seen.
+    for i in 0..120 {
+        mallory.send_text(&room, &format!("m{i}"), "noise").await;
+    }
+    bob.send_text(&room, "b1", "signal").await;
+    for _ in 0..10 {
+        let got = alice
+            .ok(
+                "GET",
+                &format!("/_matrix/client/v3/events?from={}&timeout=2000", enc(&from)),
+                None,
+            )
+            .await;
+        let bodies: Vec<&str> = got["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        assert!(!bodies.contains(&"noise"), "{got}");
+        if bodies.contains(&"signal") {
+            return;
+        }
+        from = got["end"].as_str().unwrap().to_owned();
+    }
+    panic!("the stream never gave bob's message");
 }

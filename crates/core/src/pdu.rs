@@ -97,6 +97,34 @@ pub fn event_refs_with_hashes<'de, D: serde::Deserializer<'de>>(
         .collect())
 }
 
+/// Checks that `prev_events` and `auth_events` name events in the room
+/// version's format: `[id, hashes]` pairs in versions 1 and 2, bare IDs
+/// later. Another format is another room's event, or a forged one.
+pub fn check_event_refs(obj: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<(), PduError> {
+    let pairs = matches!(
+        rules.events_reference_format,
+        ruma::room_version_rules::EventsReferenceFormatVersion::V1
+    );
+    for field in ["prev_events", "auth_events"] {
+        let Some(ruma::CanonicalJsonValue::Array(refs)) = obj.get(field) else {
+            continue;
+        };
+        for r in refs {
+            let ok = match r {
+                ruma::CanonicalJsonValue::String(_) => !pairs,
+                ruma::CanonicalJsonValue::Array(pair) => {
+                    pairs && pair.len() == 2 && matches!(pair[0], ruma::CanonicalJsonValue::String(_))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(PduError::Invalid(format!("{field} not in this room version's format")));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The ID of an event of a room with these rules: the `event_id` its JSON
 /// carries in versions 1 and 2, its reference hash from version 3 on.
 pub fn event_id_for(obj: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<OwnedEventId, PduError> {
@@ -167,13 +195,13 @@ impl Pdu {
         Self::from_json(event_id, room_id, json)
     }
 
-    /// The SHA-256 content hash the event carries (`hashes.sha256`).
-    pub fn content_hash(&self) -> Option<String> {
-        #[derive(Deserialize)]
-        struct H {
-            hashes: RefHashes,
-        }
-        serde_json::from_str::<H>(self.json.get()).ok()?.hashes.sha256
+    /// The event's reference hash (of its redacted form, without
+    /// signatures), which rooms of versions 1 and 2 write beside each
+    /// reference to it.
+    pub fn reference_hash(&self, rules: &RoomVersionRules) -> Option<String> {
+        let mut obj: CanonicalJsonObject = serde_json::from_str(self.json.get()).ok()?;
+        obj.remove("unsigned");
+        ruma::signatures::reference_hash(&obj, rules).ok()
     }
 
     pub fn is_state(&self) -> bool {

@@ -24,7 +24,7 @@ use crate::{
 /// state (at least the conflicted ones and those the auth rules read);
 /// a conflicted event missing from it is left out of the candidates.
 pub fn resolve(rules: &RoomVersionRules, states: &[StateMap], events: &HashMap<OwnedEventId, Pdu>) -> StateMap {
-    let (unconflicted, conflicted) = separate(states);
+    let (mut unconflicted, mut conflicted) = separate(states);
     if conflicted.is_empty() {
         return unconflicted;
     }
@@ -38,6 +38,21 @@ pub fn resolve(rules: &RoomVersionRules, states: &[StateMap], events: &HashMap<O
                 auth_state.entry(key).or_insert_with(|| id.clone());
             }
         }
+    }
+    // A conflict of which only one event is known here is no conflict: that
+    // event stands, without joining the state the passes check against (as
+    // the reference server resolves it).
+    let known_alone: Vec<(StateKey, OwnedEventId)> = conflicted
+        .iter()
+        .filter_map(|(key, ids)| {
+            let mut known = ids.iter().filter(|id| events.contains_key(*id));
+            let first = known.next()?;
+            known.next().is_none().then(|| (key.clone(), first.clone()))
+        })
+        .collect();
+    for (key, id) in known_alone {
+        conflicted.remove(&key);
+        unconflicted.insert(key, id);
     }
 
     let mut resolved = StateMap::new();
@@ -377,6 +392,23 @@ mod tests {
         // place, is refused (Bob has no power left), so Alice's stands.
         let s = resolve_forks(&a, &b);
         assert_eq!(s[&(StateEventType::RoomPowerLevels, String::new())], demote);
+    }
+
+    #[test]
+    fn a_conflict_with_one_known_event_keeps_that_one() {
+        let mut a = Room::new();
+        let mut b = a.fork();
+        let known = a.send("@alice:a.example", "m.room.topic", "", json!({ "topic": "known" }));
+        let unknown = b.send(
+            "@alice:a.example",
+            "m.room.topic",
+            "",
+            json!({ "topic": "fetched nowhere" }),
+        );
+        let mut events = a.events.clone();
+        events.remove(&unknown);
+        let s = resolve(&RoomVersionRules::V1, &[a.state.clone(), b.state.clone()], &events);
+        assert_eq!(s[&(StateEventType::RoomTopic, String::new())], known);
     }
 
     #[test]

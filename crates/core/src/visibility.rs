@@ -22,9 +22,12 @@ impl HistoryVisibility {
     }
 }
 
-/// `at_event` is the user's membership in the state after the event (so a
-/// user sees their own join and leave); `now` is their current membership.
-pub fn may_see(visibility: HistoryVisibility, at_event: Option<&str>, now: Option<&str>) -> bool {
+/// The spec's rules for a user and an event: `at_event` is the user's
+/// membership in the state after the event (so a user sees their own
+/// join); `joined_later` says whether the user joined the room at the
+/// event's position or after it (now included). A user's own leave is
+/// handled by the caller.
+pub fn may_see(visibility: HistoryVisibility, at_event: Option<&str>, joined_later: bool) -> bool {
     if at_event == Some("join") {
         return true;
     }
@@ -32,13 +35,10 @@ pub fn may_see(visibility: HistoryVisibility, at_event: Option<&str>, now: Optio
         HistoryVisibility::WorldReadable => true,
         HistoryVisibility::Joined => false,
         HistoryVisibility::Invited => at_event == Some("invite"),
-        // Shared: members see the history from before they joined; a user
-        // who has left keeps what came before their departure, not after.
-        HistoryVisibility::Shared => match now {
-            Some("join") => true,
-            Some("leave") | Some("ban") => !matches!(at_event, Some("leave") | Some("ban")),
-            _ => false,
-        },
+        // Shared: what came before a join is the joiner's to read, as long
+        // as they were in the room after it; a user who never joined (an
+        // invite declined, a knock) or who left reads nothing after.
+        HistoryVisibility::Shared => joined_later,
     }
 }
 
@@ -48,28 +48,31 @@ mod tests {
 
     #[test]
     fn joined_only_sees_while_joined() {
-        assert!(may_see(Joined, Some("join"), Some("join")));
-        assert!(!may_see(Joined, None, Some("join")));
-        assert!(!may_see(Joined, Some("invite"), Some("join")));
+        assert!(may_see(Joined, Some("join"), true));
+        assert!(!may_see(Joined, None, true));
+        assert!(!may_see(Joined, Some("invite"), true));
     }
 
     #[test]
     fn invited_sees_from_invite() {
-        assert!(may_see(Invited, Some("invite"), Some("join")));
-        assert!(!may_see(Invited, None, Some("join")));
+        assert!(may_see(Invited, Some("invite"), true));
+        assert!(!may_see(Invited, None, true));
     }
 
     #[test]
-    fn shared_sees_earlier_history_but_not_after_leaving() {
-        assert!(may_see(Shared, None, Some("join")));
-        assert!(!may_see(Shared, None, None));
-        assert!(may_see(Shared, None, Some("leave")));
-        assert!(!may_see(Shared, Some("leave"), Some("leave")));
-        assert!(!may_see(Shared, None, Some("invite")));
+    fn shared_sees_what_came_before_a_join() {
+        assert!(may_see(Shared, None, true), "history before the join");
+        assert!(!may_see(Shared, None, false), "never joined since");
+        assert!(!may_see(Shared, Some("leave"), false), "after leaving");
+        assert!(
+            !may_see(Shared, Some("invite"), false),
+            "an invite declined before any join"
+        );
+        assert!(may_see(Shared, Some("leave"), true), "left, then joined again");
     }
 
     #[test]
     fn world_readable_is_open() {
-        assert!(may_see(WorldReadable, None, None));
+        assert!(may_see(WorldReadable, None, false));
     }
 }

@@ -265,8 +265,8 @@ async fn default_threads_include(mut req: Request) -> Request {
 }
 
 /// `{"typing": true}` without a `timeout` gets the default one. Typing
-/// bodies are a few bytes: a larger one is passed on untouched, for the
-/// extractor to bound and refuse.
+/// bodies are a few bytes: a larger one is refused here (413), before the
+/// extractor sees it.
 async fn default_typing_timeout(req: Request, next: Next) -> Response {
     const SMALL: usize = 4096;
     let (parts, body) = req.into_parts();

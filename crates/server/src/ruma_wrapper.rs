@@ -285,11 +285,12 @@ where
             }
             return Err((Error::too_large(too_large_message(kind, limit)), left));
         }
-        let bytes = late!(
-            axum::body::to_bytes(body, limit)
-                .await
-                .map_err(|_| Error::too_large(too_large_message(kind, limit)))
-        );
+        // A body that could not be read through (over the limit, or cut
+        // off) leaves the connection unusable.
+        let bytes = match axum::body::to_bytes(body, limit).await {
+            Ok(b) => b,
+            Err(_) => return Err((Error::too_large(too_large_message(kind, limit)), BodyLeft::Dropped)),
+        };
 
         if kind == BodyKind::Json
             && !bytes.is_empty()
@@ -298,20 +299,10 @@ where
         {
             return Err((Error::not_json("Request body is not valid JSON"), BodyLeft::Read));
         }
-        // Clients omit the body of requests whose fields are all optional
-        // (matrix-nio's join sends none): no body reads as `{}`, as the
-        // reference server takes it. A required field still gets its error.
-        let body_bytes = if kind == BodyKind::Json
-            && bytes.is_empty()
-            && matches!(parts.method, http::Method::POST | http::Method::PUT)
-        {
-            bytes::Bytes::from_static(b"{}")
-        } else {
-            bytes.clone()
-        };
         let uri = parts.uri.clone();
-        let http_req = http::Request::from_parts(parts, body_bytes.clone());
+        let mut http_req = http::Request::from_parts(parts, bytes.clone());
         let origin = match server_auth {
+            // Checked on the body as it was signed, before anything else.
             Some((x, keys)) => {
                 late!(
                     x.verify_request(&http_req, &app.server_name, &keys)
@@ -324,6 +315,19 @@ where
             }
             None => None,
         };
+        // Clients omit the body of requests whose fields are all optional
+        // (matrix-nio's join sends none): no body reads as `{}`, as the
+        // reference server takes it. A required field still gets its error.
+        let body_bytes = if kind == BodyKind::Json
+            && bytes.is_empty()
+            && origin.is_none()
+            && matches!(http_req.method(), &http::Method::POST | &http::Method::PUT)
+        {
+            bytes::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
+        *http_req.body_mut() = body_bytes.clone();
         // ruma's deserialisers can panic on some malformed bodies (a missing
         // `type` in /login): that is bad input, not a server fault.
         let parsed = late!(

@@ -90,6 +90,21 @@ impl Store {
         .await
     }
 
+    /// Those of `users` who are guests.
+    pub async fn guests_among(&self, users: Vec<String>) -> Result<Vec<String>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT 1 FROM guest_users WHERE user_id = ?1")?;
+            let mut out = vec![];
+            for u in users {
+                if st.query([&u])?.next()?.is_some() {
+                    out.push(u);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub async fn user(&self, user_id: String) -> Result<Option<UserRow>> {
         self.read(move |c| {
             Ok(c.query_row(

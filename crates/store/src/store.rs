@@ -366,8 +366,9 @@ impl Store {
 
     /// Runs `f`, which takes no stream position, as a write outside the
     /// order of positioned writes: on PostgreSQL it does not queue on the
-    /// stream counter behind every send of every process (one statement,
-    /// or several in a transaction `f` opens itself).
+    /// stream counter behind every send of every process. Each statement
+    /// commits on its own there (a pooled connection in autocommit): for
+    /// writes whose statements stand alone, never in a transaction.
     pub(crate) async fn write_unordered<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,

@@ -523,7 +523,7 @@ impl App {
 
     /// Tells the servers sharing a room with `user` about one of their
     /// devices as other servers would query it now.
-    pub(crate) async fn announce_device(&self, user: &UserId, device: &str) {
+    async fn announce_device(&self, user: &UserId, device: &str) {
         let wanted = BTreeMap::from([(user.to_owned(), vec![OwnedDeviceId::from(device)])]);
         let keys = match self.local_keys(None, &wanted).await {
             Ok(k) => k,

@@ -57,18 +57,24 @@ impl App {
                     .collect(),
             };
             let mut events: Vec<StoredEvent> = vec![];
+            // The answer covers up to `end`: no further than any room whose
+            // read stopped short of `upto`, nor than the events it can carry.
+            let mut end = upto.max(from);
             for room in &rooms {
-                events.extend(self.stream_events(user, room, from, upto).await?);
+                let (visible, read_to) = self.stream_events(user, room, from, upto).await?;
+                events.extend(visible);
+                if let Some(p) = read_to {
+                    end = end.min(p);
+                }
             }
+            events.retain(|e| e.stream_pos <= end);
             events.sort_by_key(|e| e.stream_pos);
-            let more = events.len() > MAX_EVENTS;
-            events.truncate(MAX_EVENTS);
-            // Up to the last event given when some wait for the next call.
-            let end = match (more, events.last()) {
-                (true, Some(last)) => last.stream_pos,
-                _ => upto.max(from),
-            };
-            if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            if events.len() > MAX_EVENTS {
+                events.truncate(MAX_EVENTS);
+                end = events.last().map_or(end, |e| e.stream_pos);
+            }
+            // Events to give, or a stretch read past (hidden ones only): answer.
+            if !events.is_empty() || end < upto.max(from) || tokio::time::Instant::now() >= deadline {
                 let chunk = self.timeline_client_events(&events, Some(session)).await?;
                 return Ok(json!({
                     "chunk": chunk,
@@ -82,19 +88,23 @@ impl App {
         }
     }
 
-    /// A room's events in (from, upto] the user may see, oldest first.
+    /// A room's events in (from, upto] the user may see, oldest first, and
+    /// where the read stopped when the room had more than one read takes.
     async fn stream_events(
         &self,
         user: &ruma::UserId,
         room: &RoomId,
         from: i64,
         upto: i64,
-    ) -> Result<Vec<StoredEvent>> {
+    ) -> Result<(Vec<StoredEvent>, Option<i64>)> {
         let events = self
             .store
-            .room_events(room.to_string(), from, Some(upto), Direction::Forward, MAX_EVENTS + 1)
+            .room_events(room.to_string(), from, Some(upto), Direction::Forward, MAX_EVENTS)
             .await?;
-        self.filter_visible(user, room, events).await
+        let read_to = (events.len() == MAX_EVENTS)
+            .then(|| events.last().map(|e| e.stream_pos))
+            .flatten();
+        Ok((self.filter_visible(user, room, events).await?, read_to))
     }
 }
 

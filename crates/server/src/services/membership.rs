@@ -72,7 +72,7 @@ impl App {
             self.authorise_restricted_join(room_id, target, &mut content).await?;
         }
         let new = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
-        if let Some(same) = self.identical_state(room_id, sender, &new).await? {
+        if let Some(same) = self.identical_state(room_id, &version, sender, &new).await? {
             return Ok(same);
         }
         let pdu = self

@@ -8,6 +8,7 @@ pub mod directory;
 pub mod e2ee;
 pub mod event_stream;
 pub mod federation;
+pub mod guests;
 pub mod hierarchy;
 pub mod ignore;
 pub mod initial_sync;

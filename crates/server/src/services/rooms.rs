@@ -188,6 +188,7 @@ impl App {
     pub(crate) async fn identical_state(
         &self,
         room_id: &RoomId,
+        version: &RoomVersion,
         sender: &UserId,
         new: &NewEvent,
     ) -> Result<Option<OwnedEventId>> {
@@ -202,7 +203,14 @@ impl App {
         let same = current.pdu.sender == sender
             && current.redacted_by.is_none()
             && serde_json::from_str::<Value>(current.pdu.content.get()).ok().as_ref() == Some(&new.content);
-        Ok(same.then_some(current.pdu.event_id))
+        if !same {
+            return Ok(None);
+        }
+        // Only for a sender who may set it now: the same refusal as a new
+        // event, not a way to learn the room's state after leaving it.
+        self.build_local(Target::Room(room_id, version), sender, new.clone())
+            .await?;
+        Ok(Some(current.pdu.event_id))
     }
 
     /// Sends an event as `sender`: the entry point for client sends. Takes
@@ -224,13 +232,17 @@ impl App {
             return OwnedEventId::try_from(id).map_err(|e| Error::Internal(e.to_string()));
         }
         let version = self.room_version(room_id).await?;
-        if let Some(same) = self.identical_state(room_id, sender, &new).await? {
+        if let Some(same) = self.identical_state(room_id, &version, sender, &new).await? {
             return Ok(same);
         }
         let redacts = new.redacts.clone();
+        let guest_access = new.kind == TimelineEventType::RoomGuestAccess;
         let pdu = self
             .append_local(Target::Room(room_id, &version), sender, new, txn, None)
             .await?;
+        if guest_access {
+            self.remove_guests_if_barred(room_id);
+        }
         if let Some(target) = redacts {
             self.apply_redaction(&version, &pdu, &target).await?;
         }
@@ -372,17 +384,9 @@ impl App {
         };
         let auth_events: Vec<OwnedEventId> = auth_keys.iter().filter_map(|k| state.get(k).cloned()).collect();
         // Versions 1 and 2 name each referenced event with its content hash.
-        let ref_hashes = if matches!(rules.events_reference_format, EventsReferenceFormatVersion::V1) {
-            let ids = prev_events.iter().chain(&auth_events).map(|e| e.to_string()).collect();
-            self.store
-                .events(ids)
-                .await?
-                .into_iter()
-                .filter_map(|e| Some((e.pdu.event_id.clone(), e.pdu.content_hash()?)))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let ref_hashes = self
+            .reference_hashes(rules, prev_events.iter().chain(&auth_events))
+            .await?;
         let replaced = new
             .state_key
             .as_ref()
@@ -462,6 +466,26 @@ impl App {
             })
         });
         Ok((pdu, unsigned))
+    }
+
+    /// The reference hashes of the stored events among `ids`, which rooms
+    /// of versions 1 and 2 write beside each reference (empty in later
+    /// versions, which name events by hash alone).
+    pub(crate) async fn reference_hashes(
+        &self,
+        rules: &RoomVersionRules,
+        ids: impl Iterator<Item = &OwnedEventId>,
+    ) -> Result<HashMap<OwnedEventId, String>> {
+        if !matches!(rules.events_reference_format, EventsReferenceFormatVersion::V1) {
+            return Ok(HashMap::new());
+        }
+        Ok(self
+            .store
+            .events(ids.map(|e| e.to_string()).collect())
+            .await?
+            .into_iter()
+            .filter_map(|e| Some((e.pdu.event_id.clone(), e.pdu.reference_hash(rules)?)))
+            .collect())
     }
 
     /// Replaces the redacted event by its redacted form, if the redaction's

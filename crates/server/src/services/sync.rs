@@ -107,6 +107,18 @@ pub(crate) fn heroes(members: &[(String, String)], user: &ruma::UserId) -> Vec<O
     heroes
 }
 
+/// Whether a user's departure (their leave or ban) followed a time in the
+/// room: the membership it replaced was `join`.
+fn left_after_joining(departure: &StoredEvent) -> bool {
+    departure
+        .unsigned
+        .as_ref()
+        .and_then(|u| u.get("prev_content"))
+        .and_then(|c| c.get("membership"))
+        .and_then(Value::as_str)
+        == Some("join")
+}
+
 /// At most this many events are read to fill one room's timeline in a
 /// sync, hidden ones included.
 const MAX_SCANNED: usize = 500;
@@ -122,48 +134,95 @@ pub(crate) struct Window {
     pub gap: bool,
 }
 
-/// The member events each device was sent while lazy-loading members, so
-/// that later syncs leave out those it holds (the spec's "redundant"
-/// members). Per process and bounded: a device this process forgot, or
-/// one another process served, is sent a member again, which is harmless.
+/// The member events each device holds while lazy-loading members, so
+/// that later syncs leave out those it has (the spec's "redundant"
+/// members). What a response carries counts only once the client comes
+/// back with that response's token: a lost response, retried, is sent its
+/// members again. Per process and bounded: a device this process forgot,
+/// or one whose last sync another process answered, is sent its members
+/// again, which is harmless.
 #[derive(Default)]
-pub struct LazyMembers(std::sync::Mutex<HashMap<(OwnedUserId, ruma::OwnedDeviceId), DeviceMembers>>);
+pub struct LazyMembers(std::sync::Mutex<LazyMemberRecords>);
 
-type DeviceMembers = HashMap<(OwnedRoomId, OwnedUserId), ruma::OwnedEventId>;
+#[derive(Default)]
+pub struct LazyMemberRecords {
+    devices: HashMap<(OwnedUserId, ruma::OwnedDeviceId), DeviceMembers>,
+    /// Entries across all devices, against [`LAZY_MEMBERS_TOTAL`].
+    total: usize,
+}
 
-/// Bounds of [`LazyMembers`]: past them, a device's (or every device's)
-/// record starts again empty.
-const LAZY_MEMBERS_PER_DEVICE: usize = 20_000;
-const LAZY_MEMBERS_DEVICES: usize = 20_000;
+#[derive(Default)]
+struct DeviceMembers {
+    /// The token of the last response this process gave the device.
+    served: Option<SyncToken>,
+    /// What the device acknowledged having.
+    held: HashMap<(OwnedRoomId, OwnedUserId), ruma::OwnedEventId>,
+    /// What the response being built (or last given) carries.
+    pending: Vec<(OwnedRoomId, OwnedUserId, ruma::OwnedEventId)>,
+}
+
+/// The most member events remembered across all devices; past it, every
+/// record starts again empty (clients are then sent members again).
+const LAZY_MEMBERS_TOTAL: usize = 500_000;
 
 impl LazyMembers {
     fn with<T>(&self, s: &Session, f: impl FnOnce(&mut DeviceMembers) -> T) -> T {
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if records.total >= LAZY_MEMBERS_TOTAL {
+            records.devices.clear();
+            records.total = 0;
+        }
         let key = (s.user_id.clone(), s.device_id.clone());
-        if !all.contains_key(&key) && all.len() >= LAZY_MEMBERS_DEVICES {
-            all.clear();
-        }
-        let device = all.entry(key).or_default();
-        if device.len() >= LAZY_MEMBERS_PER_DEVICE {
-            device.clear();
-        }
-        f(device)
+        let device = records.devices.entry(key).or_default();
+        let before = device.held.len() + device.pending.len();
+        let out = f(device);
+        let after = device.held.len() + device.pending.len();
+        records.total = (records.total + after).saturating_sub(before);
+        out
     }
 
-    fn was_sent(&self, s: &Session, room: &RoomId, member: &ruma::UserId, event: &ruma::EventId) -> bool {
+    /// A sync from `since` starts: what the response that gave `since`
+    /// carried is now held; any other `since` (a retry, a first sync, a
+    /// token from another process) means nothing is known to be held.
+    fn begin(&self, s: &Session, since: Option<SyncToken>) {
         self.with(s, |d| {
-            d.get(&(room.to_owned(), member.to_owned())).is_some_and(|e| e == event)
+            let pending = std::mem::take(&mut d.pending);
+            if since.is_some() && since == d.served {
+                for (room, member, event) in pending {
+                    d.held.insert((room, member), event);
+                }
+            } else {
+                d.held.clear();
+            }
+        });
+    }
+
+    /// The response is given with this token.
+    fn finish(&self, s: &Session, next: SyncToken) {
+        self.with(s, |d| d.served = Some(next));
+    }
+
+    /// A new attempt at the response (a long poll looking again).
+    fn restart(&self, s: &Session) {
+        self.with(s, |d| d.pending.clear());
+    }
+
+    fn held(&self, s: &Session, room: &RoomId, member: &ruma::UserId, event: &ruma::EventId) -> bool {
+        self.with(s, |d| {
+            d.held
+                .get(&(room.to_owned(), member.to_owned()))
+                .is_some_and(|e| e == event)
         })
     }
 
     fn sent(&self, s: &Session, room: &RoomId, member: &ruma::UserId, event: &ruma::EventId) {
         self.with(s, |d| {
-            d.insert((room.to_owned(), member.to_owned()), event.to_owned());
+            d.pending.push((room.to_owned(), member.to_owned(), event.to_owned()));
         });
     }
 
     fn forget_room(&self, s: &Session, room: &RoomId) {
-        self.with(s, |d| d.retain(|(r, _), _| r != room));
+        self.with(s, |d| d.held.retain(|(r, _), _| r != room));
     }
 }
 
@@ -177,17 +236,40 @@ pub struct SyncRequest {
 impl App {
     /// Answers a sync, waiting up to the timeout when there is nothing new.
     pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<sync::Response> {
+        let lazy = matches!(
+            req.filter.room.state.lazy_load_options,
+            LazyLoadOptions::Enabled {
+                include_redundant_members: false
+            }
+        );
+        if lazy {
+            self.lazy_members.begin(session, req.since);
+        }
+        let resp = self.sync_waiting(session, &req, lazy).await?;
+        if lazy && let Some(next) = SyncToken::parse(&resp.next_batch) {
+            self.lazy_members.finish(session, next);
+        }
+        Ok(resp)
+    }
+
+    async fn sync_waiting(&self, session: &Session, req: &SyncRequest, lazy: bool) -> Result<sync::Response> {
         let deadline = tokio::time::Instant::now() + req.timeout;
         let mut rx = self.notifier.subscribe();
         loop {
             rx.borrow_and_update();
-            let (resp, empty) = self.sync_once(session, &req).await?;
+            if lazy {
+                self.lazy_members.restart(session);
+            }
+            let (resp, empty) = self.sync_once(session, req).await?;
             if !empty || req.since.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
                 return Ok(resp);
             }
             if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
                 // One last look: the response's token must be current.
-                return Ok(self.sync_once(session, &req).await?.0);
+                if lazy {
+                    self.lazy_members.restart(session);
+                }
+                return Ok(self.sync_once(session, req).await?.0);
             }
         }
     }
@@ -276,7 +358,7 @@ impl App {
                         continue;
                     }
                     if let Some(left) = self
-                        .left_room(session, &room_id, since, m.stream_pos, &req.filter)
+                        .left_room(session, &room_id, since, m.stream_pos, &m.event_id, &req.filter)
                         .await?
                     {
                         resp.rooms.leave.insert(room_id, left);
@@ -423,6 +505,7 @@ impl App {
         let mut skipped = false;
         let mut exhausted = false;
         let mut current_state: Option<HashSet<ruma::OwnedEventId>> = None;
+        let viewer = self.room_viewer(user, room_id).await?;
         while kept.len() <= limit && scanned < MAX_SCANNED {
             let page_size = if scanned == 0 { limit + 1 } else { (2 * limit).max(10) };
             let page = self
@@ -451,7 +534,7 @@ impl App {
                 });
             }
             let always = current_state.clone().unwrap_or_default();
-            let visible = self.filter_visible_with(user, room_id, page, &always).await?;
+            let visible = self.filter_visible_with(&viewer, page, &always).await?;
             skipped |= visible.len() < fetched;
             kept.extend(visible);
             if !full {
@@ -610,6 +693,7 @@ impl App {
         room_id: &RoomId,
         since: Option<SyncToken>,
         left_at: i64,
+        departure_id: &str,
         filter: &FilterDefinition,
     ) -> Result<Option<sync::LeftRoom>> {
         let window = self
@@ -622,6 +706,16 @@ impl App {
             )
             .await?;
         let mut room = sync::LeftRoom::new();
+        // Someone who never was in the room (an invite declined, a knock
+        // withdrawn, a ban before any join) learns only that they are out.
+        let departure = self.store.event(departure_id.to_owned()).await?;
+        if let Some(own) = departure.filter(|d| !left_after_joining(d)) {
+            room.timeline.prev_batch = Some(position_token(left_at - 1));
+            for json in self.timeline_client_events(&[own], Some(session)).await? {
+                room.timeline.events.push(raw(&json)?);
+            }
+            return Ok(Some(room));
+        }
         room.timeline.limited = window.limited;
         let start = window.events.first().map(|e| e.stream_pos - 1).unwrap_or(left_at);
         room.timeline.prev_batch = Some(position_token(start));
@@ -715,7 +809,7 @@ impl App {
                 let Some(id) = state_now.get(&(ruma::events::StateEventType::RoomMember, m.to_string())) else {
                     continue;
                 };
-                if in_timeline.contains(&**id) || (!redundant && self.lazy_members.was_sent(session, room_id, m, id)) {
+                if in_timeline.contains(&**id) || (!redundant && self.lazy_members.held(session, room_id, m, id)) {
                     continue;
                 }
                 ids.push(id.clone());

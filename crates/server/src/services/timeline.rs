@@ -10,6 +10,10 @@ use serde_json::{Value, json};
 
 use crate::{App, Result, services::accounts::Session};
 
+/// How many of a user's membership events are walked back to find their
+/// latest join.
+const MEMBERSHIP_WALK: usize = 32;
+
 /// A position in a room's timeline: between the event at `pos` and the next.
 /// Sync tokens (`s…`) are accepted wherever a pagination token is.
 pub fn parse_position(token: &str) -> Option<i64> {
@@ -58,13 +62,63 @@ pub fn filter_allows(filter: &RoomEventFilter, ev: &StoredEvent) -> bool {
     true
 }
 
-/// A user's own membership events are theirs to see whatever the history
-/// visibility: a client that left a `joined`-only room still gets its leave.
+/// A user's own leave is theirs to see whatever the history visibility:
+/// a client that left (or declined an invite to) a `joined`-only room
+/// still learns that it is out, as the reference server shows it.
+fn is_own_leave(user: &UserId, ev: &StoredEvent) -> bool {
+    is_own_membership(user, ev) && ev.pdu.membership().as_deref() == Some("leave")
+}
+
 fn is_own_membership(user: &UserId, ev: &StoredEvent) -> bool {
     ev.pdu.kind == TimelineEventType::RoomMember && ev.pdu.state_key.as_deref() == Some(user.as_str())
 }
 
+/// What decides the events one user sees in one room, read once for a
+/// request: whom they ignore, and when they last joined.
+pub struct RoomViewer<'a> {
+    user: &'a UserId,
+    ignored: HashSet<ruma::OwnedUserId>,
+    /// The position of the user's latest join (the spec's "joined the room
+    /// at any point after the event" for `shared` history).
+    last_join: Option<i64>,
+}
+
 impl App {
+    /// Reads what decides the events `user` sees in `room_id`.
+    pub async fn room_viewer<'a>(&self, user: &'a UserId, room_id: &RoomId) -> Result<RoomViewer<'a>> {
+        Ok(RoomViewer {
+            user,
+            ignored: self.ignored_users(user).await?,
+            last_join: self.last_join_pos(room_id, user).await?,
+        })
+    }
+
+    /// The stream position of `user`'s latest join of the room, found by
+    /// walking back their membership events (each names the one it replaced).
+    async fn last_join_pos(&self, room_id: &RoomId, user: &UserId) -> Result<Option<i64>> {
+        let mut ev = self
+            .store
+            .current_state_event(room_id.to_string(), "m.room.member".into(), user.to_string())
+            .await?;
+        for _ in 0..MEMBERSHIP_WALK {
+            let Some(e) = ev else { return Ok(None) };
+            if e.pdu.membership().as_deref() == Some("join") {
+                return Ok(Some(e.stream_pos));
+            }
+            let previous = e
+                .unsigned
+                .as_ref()
+                .and_then(|u| u.get("replaces_state"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            ev = match previous {
+                Some(id) => self.store.event(id).await?,
+                None => None,
+            };
+        }
+        Ok(None)
+    }
+
     /// Keeps the events `user` may see under the room's history visibility.
     pub async fn filter_visible(
         &self,
@@ -72,50 +126,54 @@ impl App {
         room_id: &RoomId,
         events: Vec<StoredEvent>,
     ) -> Result<Vec<StoredEvent>> {
-        self.filter_visible_with(user, room_id, events, &HashSet::new()).await
+        let viewer = self.room_viewer(user, room_id).await?;
+        self.filter_visible_with(&viewer, events, &HashSet::new()).await
     }
 
-    /// [`filter_visible`](Self::filter_visible), also keeping the events
-    /// of `always` (the room's current state, shown to a member in a sync
-    /// timeline whatever the history visibility at the time).
+    /// [`filter_visible`](Self::filter_visible) for a viewer read already,
+    /// also keeping the events of `always` (the room's current state, shown
+    /// to a member in a sync timeline whatever the history visibility at
+    /// the time).
     pub async fn filter_visible_with(
         &self,
-        user: &UserId,
-        room_id: &RoomId,
+        viewer: &RoomViewer<'_>,
         events: Vec<StoredEvent>,
         always: &HashSet<OwnedEventId>,
     ) -> Result<Vec<StoredEvent>> {
-        if events.is_empty() {
-            return Ok(events);
-        }
-        let ignored = self.ignored_users(user).await?;
-        let now = self.membership(room_id, user).await?;
-        let mut by_group: HashMap<i64, bool> = HashMap::new();
+        let user = viewer.user;
+        let mut by_group: HashMap<i64, (HistoryVisibility, Option<String>)> = HashMap::new();
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
-            if crate::services::ignore::hides(&ignored, user, &ev) {
+            if crate::services::ignore::hides(&viewer.ignored, user, &ev) {
                 continue;
             }
-            if is_own_membership(user, &ev) || always.contains(&ev.pdu.event_id) {
+            if is_own_leave(user, &ev) || always.contains(&ev.pdu.event_id) {
                 out.push(ev);
                 continue;
             }
-            let visible = match by_group.get(&ev.state_group) {
-                Some(v) => *v,
+            let (visibility, at_event) = match by_group.get(&ev.state_group) {
+                Some(v) => v.clone(),
                 None => {
-                    let v = self.visible_at_group(user, ev.state_group, now.as_deref()).await?;
-                    by_group.insert(ev.state_group, v);
+                    let v = self.visibility_at_group(user, ev.state_group).await?;
+                    by_group.insert(ev.state_group, v.clone());
                     v
                 }
             };
-            if visible {
+            let joined_later = viewer.last_join.is_some_and(|j| j >= ev.stream_pos);
+            if may_see(visibility, at_event.as_deref(), joined_later) {
                 out.push(ev);
             }
         }
         Ok(out)
     }
 
-    async fn visible_at_group(&self, user: &UserId, group: i64, now: Option<&str>) -> Result<bool> {
+    /// The history visibility in force at a state group, and the user's
+    /// membership there.
+    pub(crate) async fn visibility_at_group(
+        &self,
+        user: &UserId,
+        group: i64,
+    ) -> Result<(HistoryVisibility, Option<String>)> {
         let state = self.store.state_at_group(group).await?;
         let mut ids = vec![];
         let hv_id = state.get(&("m.room.history_visibility".into(), String::new())).cloned();
@@ -133,23 +191,16 @@ impl App {
                 .map(str::to_owned)
         });
         let at_event = find(&member_id).and_then(|e| e.pdu.membership());
-        Ok(may_see(
-            HistoryVisibility::parse(vis.as_deref()),
-            at_event.as_deref(),
-            now,
-        ))
+        Ok((HistoryVisibility::parse(vis.as_deref()), at_event))
     }
 
     /// Whether `user` may see this one event.
     pub async fn may_see_event(&self, user: &UserId, ev: &StoredEvent) -> Result<bool> {
-        if crate::services::ignore::hides(&self.ignored_users(user).await?, user, ev) {
-            return Ok(false);
-        }
-        if is_own_membership(user, ev) {
-            return Ok(true);
-        }
-        let now = self.membership(&ev.pdu.room_id, user).await?;
-        self.visible_at_group(user, ev.state_group, now.as_deref()).await
+        let viewer = self.room_viewer(user, &ev.pdu.room_id).await?;
+        Ok(!self
+            .filter_visible_with(&viewer, vec![ev.clone()], &HashSet::new())
+            .await?
+            .is_empty())
     }
 
     /// Events in the client format, with `unsigned` filled in for the viewer.
@@ -236,6 +287,7 @@ impl App {
         }
         if let Some(by) = &ev.redacted_by
             && let Some(r) = self.store.event(by.clone()).await?
+            && !self.ignores(viewer, &r.pdu.sender).await?
         {
             unsigned["redacted_because"] = r.pdu.to_client_event(None);
         }
@@ -247,12 +299,29 @@ impl App {
         Ok(ev.pdu.to_client_event(Some(unsigned)))
     }
 
+    /// Whether the viewer (if any) ignores `user`.
+    async fn ignores(&self, viewer: Option<&Session>, user: &UserId) -> Result<bool> {
+        Ok(match viewer {
+            Some(v) => self.ignored_users(&v.user_id).await?.contains(user),
+            None => false,
+        })
+    }
+
     /// The aggregations a client shows with an event: its latest edit (by
     /// its own sender), its thread summary and its references.
     async fn bundled_relations(&self, ev: &StoredEvent, viewer: Option<&Session>) -> Result<Option<Value>> {
-        let rows = self.store.relation_rows(ev.pdu.event_id.to_string()).await?;
+        let mut rows = self.store.relation_rows(ev.pdu.event_id.to_string()).await?;
         if rows.is_empty() {
             return Ok(None);
+        }
+        // Nothing of someone the viewer ignores, not even summed up.
+        if let Some(v) = viewer {
+            let ignored = self.ignored_users(&v.user_id).await?;
+            if !ignored.is_empty() {
+                rows.retain(|(_, sender, _)| {
+                    ruma::UserId::parse(sender.as_str()).map_or(true, |s| !ignored.contains(&s))
+                });
+            }
         }
         let mut out = serde_json::Map::new();
         let edit = rows

@@ -52,9 +52,9 @@ pub async fn update_device(app: App, req: Ruma<update_device::v3::Request>) -> R
     if !found {
         return Err(Error::not_found("Unknown device"));
     }
-    // A renamed device is a device-list change, here and on other servers.
+    // A renamed device is a device-list change for this server's users;
+    // device names are not told to other servers.
     app.notify();
-    app.announce_device(req.user()?, req.body.device_id.as_str()).await;
     Ok(update_device::v3::Response::new())
 }
 

@@ -7,6 +7,7 @@
 const ALLOWED: &[(&str, &str)] = &[
     ("GET", "account/whoami"),
     ("GET", "capabilities"),
+    ("GET", "pushrules"),
     ("GET", "devices"),
     ("GET", "devices/*"),
     ("PUT", "devices/*"),
@@ -36,7 +37,6 @@ const ALLOWED: &[(&str, &str)] = &[
     ("POST", "rooms/*/leave"),
     ("POST", "join/*"),
     ("PUT", "profile/*/displayname"),
-    ("PUT", "profile/*/avatar_url"),
     ("GET", "presence/*/status"),
     ("PUT", "presence/*/status"),
     ("PUT", "sendToDevice/*/*"),

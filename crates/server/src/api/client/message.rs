@@ -256,9 +256,13 @@ pub async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<ge
         .filter(|((k, key), _)| !lazy || k.to_string() != "m.room.member" || senders.contains(key))
         .map(|(_, id)| id.to_string())
         .collect();
-    for e in app.store.events(ids).await? {
-        resp.state
-            .push(raw(&app.client_event(&e, req.session.as_ref()).await?)?);
+    // The state events themselves pass the same rules: an invitee who never
+    // joined learns nothing of a room's members from its invite's context.
+    let state = app
+        .filter_visible(&user, &r.room_id, app.store.events(ids).await?)
+        .await?;
+    for e in &state {
+        resp.state.push(raw(&app.client_event(e, req.session.as_ref()).await?)?);
     }
     Ok(resp)
 }

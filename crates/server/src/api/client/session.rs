@@ -19,12 +19,13 @@ use crate::{
 
 pub async fn login_types(app: App, _req: Ruma<get_login_types::v3::Request>) -> Result<get_login_types::v3::Response> {
     use get_login_types::v3::{LoginType, PasswordLoginType, TokenLoginType};
-    let mut token = TokenLoginType::new();
-    token.get_login_token = app.config.login_token_enabled;
-    Ok(get_login_types::v3::Response::new(vec![
-        LoginType::Password(PasswordLoginType::new()),
-        LoginType::Token(token),
-    ]))
+    let mut flows = vec![LoginType::Password(PasswordLoginType::new())];
+    if app.config.login_token_enabled {
+        let mut token = TokenLoginType::new();
+        token.get_login_token = true;
+        flows.push(LoginType::Token(token));
+    }
+    Ok(get_login_types::v3::Response::new(flows))
 }
 
 /// How long a token from `/login/get_token` may be used (the spec

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use missive_core::{
     auth::{self, StateMap},
     pdu::Pdu,
+    visibility::HistoryVisibility,
 };
 use missive_store::{NewRoomEvent, StoreError, federation::RemoteAppend};
 use ruma::{
@@ -103,6 +104,7 @@ impl App {
         if raw.get().len() > missive_core::builder::MAX_PDU_BYTES {
             return Err(PduRejection::Invalid("PDU too large".into()));
         }
+        missive_core::pdu::check_event_refs(&obj, &version.rules).map_err(|e| PduRejection::Invalid(e.to_string()))?;
         let event_id =
             missive_core::pdu::event_id_for(&obj, &version.rules).map_err(|e| PduRejection::Invalid(e.to_string()))?;
         let keys = self
@@ -161,19 +163,23 @@ impl App {
             Ok(g) => g,
             Err(e) => return (Some(id), Err(e.into())),
         };
-        let res = self.process_pdu(&version, pdu, origin, true, &[]).await;
+        let res = self.process_pdu(&version, pdu, origin, true, true, &[]).await;
         drop(guard);
         (Some(id), res)
     }
 
     /// Checks 3 to 5 and persistence; the caller holds the room lock.
-    /// `fill_gaps` asks `origin` for missing `prev_events` first.
+    /// `fill_gaps` asks `origin` for missing `prev_events` first; `live` is
+    /// an event happening now (sent to us, or a join through us), not one
+    /// fetched to fill a gap in the past.
+    #[allow(clippy::too_many_arguments)]
     pub async fn process_pdu(
         &self,
         version: &RoomVersion,
         pdu: Pdu,
         origin: &ServerName,
         fill_gaps: bool,
+        live: bool,
         forward_to: &[ruma::OwnedServerName],
     ) -> Result<(), PduRejection> {
         if let Some(ev) = self.store.event(pdu.event_id.to_string()).await?
@@ -301,8 +307,12 @@ impl App {
         });
         // A server whose first user joins now: it cannot have seen what this
         // server's users sent while its join was on its way here.
-        let joining_server = match (soft_failed, pdu.membership().as_deref(), pdu.state_key.as_deref()) {
-            (false, Some("join"), Some(sk)) => match <&ruma::UserId>::try_from(sk) {
+        let in_state = new_current
+            .as_ref()
+            .zip(pdu.state_key.as_ref())
+            .is_some_and(|(c, sk)| c.get(&(pdu.kind.to_string().into(), sk.clone())) == Some(&pdu.event_id));
+        let joining_server = match (live && in_state, pdu.membership().as_deref(), pdu.state_key.as_deref()) {
+            (true, Some("join"), Some(sk)) => match <&ruma::UserId>::try_from(sk) {
                 Ok(u)
                     if !self.is_local(u)
                         && !self
@@ -332,15 +342,21 @@ impl App {
             state_before,
             current: new_current,
         };
-        match self.store.append_remote_event(append).await {
-            Ok(_) | Err(StoreError::Exists) => {}
+        let position = match self.store.append_remote_event(append).await {
+            Ok(p) => Some(p),
+            Err(StoreError::Exists) => None,
             Err(e) => return Err(e.into()),
-        }
-        if let Some(server) = joining_server {
-            self.catch_up_joined_server(&room_id, &server, &pdu).await?;
+        };
+        if let (Some(server), Some(at)) = (joining_server, position)
+            && let Err(e) = self.catch_up_joined_server(&room_id, &server, &pdu, at).await
+        {
+            tracing::warn!(room = %room_id, %server, "a newly joined server was not caught up: {e}");
         }
         if !forward_to.is_empty() {
             self.wake_sender();
+        }
+        if in_state && pdu.kind == ruma::events::TimelineEventType::RoomGuestAccess {
+            self.remove_guests_if_barred(&room_id);
         }
         if !soft_failed {
             if let Some(target) = &pdu.redacts {
@@ -353,16 +369,17 @@ impl App {
     }
 
     /// Sends a server that just joined the room the events of this
-    /// server's users it cannot have seen: those stored here after the
-    /// newest of its join's `prev_events` (at most [`CATCH_UP_EVENTS`]).
-    /// Without this, a message sent here while the join was being relayed
-    /// went only to the servers in the room before it, and never to the
-    /// new one.
+    /// server's users it cannot have seen: those stored here between the
+    /// newest of its join's `prev_events` and the join itself (at most
+    /// [`CATCH_UP_EVENTS`]), where the room's history is shared. Without
+    /// this, a message sent here while the join was being relayed went only
+    /// to the servers in the room before it, and never to the new one.
     async fn catch_up_joined_server(
         &self,
         room_id: &RoomId,
         server: &ServerName,
         join: &Pdu,
+        join_at: i64,
     ) -> Result<(), PduRejection> {
         let prevs = self
             .store
@@ -371,22 +388,27 @@ impl App {
         let Some(from) = prevs.iter().map(|e| e.stream_pos).filter(|p| *p > 0).max() else {
             return Ok(());
         };
-        let mut later = self
+        let between = self
             .store
             .room_events(
                 room_id.to_string(),
-                self.store.persisted_upto() + 1,
-                Some(from),
-                missive_store::Direction::Backward,
+                from,
+                Some(join_at - 1),
+                missive_store::Direction::Forward,
                 CATCH_UP_EVENTS,
             )
             .await?;
-        later.reverse();
-        let ours: Vec<String> = later
-            .into_iter()
-            .filter(|e| self.is_local(&e.pdu.sender) && e.pdu.event_id != join.event_id)
-            .map(|e| e.pdu.event_id.to_string())
-            .collect();
+        let joiner = <&ruma::UserId>::try_from(join.state_key.as_deref().unwrap_or_default())
+            .map_err(|e| PduRejection::Invalid(e.to_string()))?;
+        let mut ours = vec![];
+        for e in between.into_iter().filter(|e| self.is_local(&e.pdu.sender)) {
+            // What the new server's users may not read is not sent; they
+            // may still ask for it, and are then answered by those rules.
+            let (visibility, _) = self.visibility_at_group(joiner, e.state_group).await?;
+            if matches!(visibility, HistoryVisibility::Shared | HistoryVisibility::WorldReadable) {
+                ours.push(e.pdu.event_id.to_string());
+            }
+        }
         if !ours.is_empty() {
             tracing::debug!(room = %room_id, %server, events = ours.len(), "catching a newly joined server up");
             self.store.queue_pdus_for(server.to_string(), ours).await?;
@@ -496,7 +518,7 @@ impl App {
             if p.event_id == pdu.event_id {
                 continue;
             }
-            if let Err(e) = Box::pin(self.process_pdu(version, p, origin, false, &[])).await {
+            if let Err(e) = Box::pin(self.process_pdu(version, p, origin, false, false, &[])).await {
                 tracing::info!("missing event from {origin} not accepted: {e}");
             }
         }

@@ -364,12 +364,7 @@ impl App {
         }
         let mut auth_events = own.pdu.auth_events.clone();
         auth_events.push(own.pdu.event_id.clone());
-        let ref_hashes = own
-            .pdu
-            .content_hash()
-            .map(|h| (own.pdu.event_id.clone(), h))
-            .into_iter()
-            .collect();
+        let ref_hashes = self.reference_hashes(&rules, auth_events.iter()).await?;
         let pdu = build_pdu(
             &rules,
             self.server_name.as_str(),
@@ -631,7 +626,7 @@ impl App {
         let state_before = self.store.current_state_ids(room_id.to_string()).await?;
         let mut others: Vec<OwnedServerName> = self.servers_in_room(room_id).await?;
         others.retain(|s| s != origin);
-        self.process_pdu(&version, pdu.clone(), origin, false, &others)
+        self.process_pdu(&version, pdu.clone(), origin, false, true, &others)
             .await
             .map_err(remote_error)?;
         let stored = self
