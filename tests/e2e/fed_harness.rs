@@ -197,6 +197,8 @@ impl FedServer {
             ("MISSIVE_TLS_CERT", &cert),
             ("MISSIVE_TLS_KEY", &key),
             ("MISSIVE_FEDERATION_CA", &ca),
+            // Every test server is on loopback, which is not public.
+            ("MISSIVE_FEDERATION_IP_ALLOWLIST", "127.0.0.0/8,::1/128"),
         ];
         if let Some(a) = &opts.allowed {
             env.push((FEDERATION_ALLOWED, a));

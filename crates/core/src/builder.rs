@@ -47,6 +47,9 @@ pub enum BuildError {
     ContentNotObject,
     #[error("event is too large")]
     TooLarge,
+    /// A type or state key too long, or holding NUL.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
     #[error("{0}")]
     Json(String),
     #[error(transparent)]
@@ -65,7 +68,7 @@ pub struct Prev<'a> {
 }
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
-pub const MAX_PDU_BYTES: usize = 65_535;
+pub use crate::limits::MAX_PDU_BYTES;
 
 #[allow(clippy::too_many_arguments)]
 pub fn build_pdu(
@@ -159,10 +162,10 @@ pub fn build_pdu(
         Some(id) => id,
         None => OwnedEventId::try_from(format!("${hash}")).map_err(|e| BuildError::Json(e.to_string()))?,
     };
-    let json = serde_json::to_string(&obj).map_err(|e| BuildError::Json(e.to_string()))?;
-    if json.len() > MAX_PDU_BYTES {
-        return Err(BuildError::TooLarge);
-    }
+    crate::limits::check(&obj).map_err(|e| match e {
+        crate::limits::LimitError::TooLarge => BuildError::TooLarge,
+        e => BuildError::Limit(e),
+    })?;
     let room_id: Option<OwnedRoomId> = match prev.room_id {
         Some(r) => Some(r.to_owned()),
         None if matches!(rules.room_id_format, RoomIdFormatVersion::V2) => {

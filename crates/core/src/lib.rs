@@ -4,9 +4,11 @@
 
 pub mod auth;
 pub mod builder;
+pub mod limits;
 pub mod pdu;
 pub mod signing_key;
 pub mod state_res_v1;
+pub mod validate;
 pub mod visibility;
 
 pub use ruma;

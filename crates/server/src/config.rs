@@ -85,7 +85,7 @@ pub struct Config {
     /// Address ranges (CIDR, `10.1.0.0/16`, `fd00::/8`, `127.0.0.1/32`) URL
     /// previews may reach although they are not public: for test deployments
     /// or an intranet whose pages should be previewed.
-    pub url_preview_ip_allowlist: Vec<crate::services::url_preview::IpRange>,
+    pub url_preview_ip_allowlist: Vec<crate::services::addresses::IpRange>,
     /// Whom users and other administrators contact about this server
     /// (`[support]` table), served as `/.well-known/matrix/support`.
     pub support: SupportConfig,
@@ -155,6 +155,11 @@ pub struct FederationConfig {
     pub allowed_servers: Option<Vec<String>>,
     /// How long other servers may cache this server's signing key, in seconds.
     pub key_valid_secs: u64,
+    /// Address ranges (CIDR) other servers may be reached at although they
+    /// are not public: a closed federation on a ministry network, tests.
+    /// Other non-public addresses are never connected to, whatever server
+    /// name an event, a request or a delegation gives.
+    pub ip_allowlist: Vec<crate::services::addresses::IpRange>,
     /// `host[:port]` other servers should connect to for this server name,
     /// served as `/.well-known/matrix/server` (delegation: user IDs stay
     /// `@a:gouv.example` while federation runs on `matrix.gouv.example:443`).
@@ -171,6 +176,7 @@ impl Default for FederationConfig {
             ca_file: None,
             allowed_servers: None,
             key_valid_secs: 7 * 24 * 3600,
+            ip_allowlist: vec![],
             well_known_server: None,
         }
     }
@@ -234,6 +240,16 @@ pub enum Database {
     Sqlite(PathBuf),
     /// Any other URL (`postgres://…`), checked when the store opens it.
     Url(String),
+}
+
+/// A comma-separated list of CIDR ranges, as the `*_IP_ALLOWLIST`
+/// variables give them.
+fn ip_ranges(v: &str) -> Result<Vec<crate::services::addresses::IpRange>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| r.parse().map_err(|e| format!("{e}")))
+        .collect()
 }
 
 impl Config {
@@ -313,13 +329,8 @@ impl Config {
             self.url_previews = matches!(v.as_str(), "1" | "true" | "on" | "yes");
         }
         if let Some(v) = get("MISSIVE_URL_PREVIEW_IP_ALLOWLIST") {
-            self.url_preview_ip_allowlist = v
-                .split(',')
-                .map(str::trim)
-                .filter(|r| !r.is_empty())
-                .map(str::parse)
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("MISSIVE_URL_PREVIEW_IP_ALLOWLIST: {e}"))?;
+            self.url_preview_ip_allowlist =
+                ip_ranges(&v).map_err(|e| format!("MISSIVE_URL_PREVIEW_IP_ALLOWLIST: {e}"))?;
         }
         if let Some(v) = get("MISSIVE_GUEST_ACCESS") {
             self.allow_guest_access = matches!(v.as_str(), "1" | "true" | "on" | "yes");
@@ -342,6 +353,9 @@ impl Config {
         }
         if let Some(v) = get("MISSIVE_FEDERATION_CA") {
             fed.ca_file = Some(v.into());
+        }
+        if let Some(v) = get("MISSIVE_FEDERATION_IP_ALLOWLIST") {
+            fed.ip_allowlist = ip_ranges(&v).map_err(|e| format!("MISSIVE_FEDERATION_IP_ALLOWLIST: {e}"))?;
         }
         if let Some(v) = get("MISSIVE_FEDERATION_ALLOWED") {
             // An empty list is a list: federate with nobody.

@@ -88,6 +88,7 @@ impl Error {
             Error::Matrix { errcode, .. } => errcode,
             Error::Uia(_) => "M_FORBIDDEN",
             Error::Store(StoreError::NotFound) => "M_NOT_FOUND",
+            Error::Store(StoreError::Db(missive_store::db::DbError::InvalidText)) => "M_INVALID_PARAM",
             _ => "M_UNKNOWN",
         }
     }
@@ -112,6 +113,11 @@ impl IntoResponse for Error {
             Error::Store(StoreError::NotFound) => (
                 StatusCode::NOT_FOUND,
                 json!({ "errcode": "M_NOT_FOUND", "error": "Not found" }),
+            ),
+            // Text no engine keeps alike: the request's, not the server's fault.
+            Error::Store(StoreError::Db(missive_store::db::DbError::InvalidText)) => (
+                StatusCode::BAD_REQUEST,
+                json!({ "errcode": "M_INVALID_PARAM", "error": "Text may not hold a NUL character" }),
             ),
             e => {
                 // Internal detail goes to the log, not to the client.

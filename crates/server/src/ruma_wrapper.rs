@@ -241,10 +241,19 @@ where
                 .await
                 .map_err(|e| Error::invalid_param(e.to_string()))
         );
+        // A file name is not an identifier: it may run past 255 bytes.
+        let limited: Vec<bool> = params
+            .iter()
+            .map(|(k, _)| !k.to_ascii_lowercase().replace('_', "").contains("filename"))
+            .collect();
         let mut args: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
         // An empty trailing state key comes as a shorter path (see RouterExt);
         // an extra path's extra parameters are not the endpoint's.
         args.resize(R::_path_parameters().len(), String::new());
+        // No identifier, type, key or token in a path or query holds NUL or
+        // runs past the spec's limits: no store could keep it, and none is
+        // asked of an engine.
+        early!(check_path_and_query(&args, &limited, parts.uri.query()));
 
         // Who is asking comes before reading a body: nobody gets the server
         // to buffer a large upload without a valid token.
@@ -370,6 +379,31 @@ enum BodyLeft {
     Unread(axum::body::Body),
     /// Partly read and dropped (too large to read through).
     Dropped,
+}
+
+/// The longest path parameter or query value (identifiers are at most 255
+/// bytes; tokens and filters given in a query are longer).
+const MAX_PATH_PARAM_BYTES: usize = 255;
+const MAX_QUERY_VALUE_BYTES: usize = 8 * 1024;
+
+fn check_path_and_query(args: &[String], limited: &[bool], query: Option<&str>) -> Result<()> {
+    for (i, a) in args.iter().enumerate() {
+        if a.contains('\0') {
+            return Err(Error::invalid_param("A path parameter holds a NUL character"));
+        }
+        if a.len() > MAX_PATH_PARAM_BYTES && limited.get(i).copied().unwrap_or(true) {
+            return Err(Error::too_large("A path parameter is longer than 255 bytes"));
+        }
+    }
+    for (_, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if v.contains('\0') {
+            return Err(Error::invalid_param("A query parameter holds a NUL character"));
+        }
+        if v.len() > MAX_QUERY_VALUE_BYTES {
+            return Err(Error::too_large("A query parameter is too long"));
+        }
+    }
+    Ok(())
 }
 
 /// The largest body read after a refusal that came before it was needed

@@ -24,6 +24,18 @@ pub enum DbError {
     Postgres(#[from] postgres::Error),
     #[error("column {0}: {1}")]
     Conversion(usize, String),
+    /// A text value holding NUL, which PostgreSQL cannot store: refused on
+    /// both engines, so that they answer alike.
+    #[error("text holds a NUL character")]
+    InvalidText,
+}
+
+/// Refuses text values holding NUL (see [`DbError::InvalidText`]).
+fn check_text(values: &[Value]) -> Result<()> {
+    if values.iter().any(|v| matches!(v, Value::Text(t) if t.contains('\0'))) {
+        return Err(DbError::InvalidText);
+    }
+    Ok(())
 }
 
 /// The server's own message (and where it points), not just "db error".
@@ -465,14 +477,6 @@ impl<'a> Conn<'a> {
         matches!(self, Conn::Pg(_))
     }
 
-    /// SQL reading `path` (keys from the top) of the JSON text in `col`, as text.
-    pub fn json_text(&self, col: &str, path: &[&str]) -> String {
-        match self {
-            Conn::Sqlite(_) => format!("json_extract({col}, '$.{}')", path.join(".")),
-            Conn::Pg(_) => format!("(({col})::jsonb #>> '{{{}}}')", path.join(",")),
-        }
-    }
-
     /// The larger of two SQL expressions.
     pub fn greatest(&self, a: &str, b: &str) -> String {
         match self {
@@ -481,16 +485,9 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// A subquery of the strings in the JSON array text bound to `param` (`?2`).
-    pub fn json_array(&self, param: &str) -> String {
-        match self {
-            Conn::Sqlite(_) => format!("(SELECT value FROM json_each({param}))"),
-            Conn::Pg(_) => format!("(SELECT jsonb_array_elements_text(CAST({param} AS jsonb)))"),
-        }
-    }
-
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
         let values = params.into_values();
+        check_text(&values)?;
         match self {
             Conn::Sqlite(c) => Ok(c.prepare_cached(sql)?.execute(sqlite_params(&values))?),
             Conn::Pg(c) => c.borrow_mut().run_execute(sql, &values),
@@ -510,6 +507,7 @@ impl<'a> Conn<'a> {
         F: FnOnce(&Row) -> Result<T>,
     {
         let values = params.into_values();
+        check_text(&values)?;
         let row = match self {
             Conn::Sqlite(c) => {
                 let mut st = c.prepare_cached(sql)?;
@@ -538,6 +536,7 @@ impl<'a> Conn<'a> {
         F: FnMut(&Row) -> Result<T>,
     {
         let values = params.into_values();
+        check_text(&values)?;
         let rows: Vec<Row> = match self {
             Conn::Sqlite(c) => {
                 let mut st = c.prepare_cached(sql)?;

@@ -5,7 +5,7 @@ use crate::db::{OptionalExtension, params};
 use serde_json::Value;
 
 use crate::{
-    Result, StoreError,
+    Result,
     store::{Store, now_ms},
 };
 
@@ -48,25 +48,56 @@ impl Store {
     /// `all_users`. Deactivated accounts never appear.
     pub async fn directory_users(&self, searcher: String, all_users: bool) -> Result<Vec<DirectoryUser>> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT u.user_id, u.displayname, u.avatar_url FROM users u WHERE u.deactivated = 0 AND (?2 OR EXISTS ( \
-                   SELECT 1 FROM current_state m WHERE m.type = 'm.room.member' AND m.state_key = u.user_id \
-                   AND m.membership = 'join' AND ( \
-                     m.room_id IN (SELECT room_id FROM current_state WHERE type = 'm.room.member' \
-                                   AND state_key = ?1 AND membership = 'join') \
-                     OR m.room_id IN (SELECT s.room_id FROM current_state s JOIN events e ON e.event_id = s.event_id \
-                                      WHERE s.type = 'm.room.join_rules' AND s.state_key = '' \
-                                      AND {} = 'public'))))",
-                c.json_text("e.json", &["content", "join_rule"])
-            ))?;
-            let rows = st.query_map(params![searcher, all_users], |r| {
-                Ok(DirectoryUser {
-                    user_id: r.get(0)?,
-                    displayname: r.get(1)?,
-                    avatar_url: r.get(2)?,
-                })
-            })?;
-            Ok(rows.collect::<crate::db::Result<_>>()?)
+            // The rooms anyone may join, read in Rust from their join rules.
+            let mut st = c.prepare_cached(
+                "SELECT s.room_id, e.json FROM current_state s JOIN events e ON e.event_id = s.event_id \
+                 WHERE s.type = 'm.room.join_rules' AND s.state_key = ''",
+            )?;
+            let rules: Vec<(String, String)> = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<crate::db::Result<_>>()?;
+            let public: Vec<String> = rules
+                .into_iter()
+                .filter(|(_, json)| crate::event_json::content_str(json, "join_rule").as_deref() == Some("public"))
+                .map(|(room, _)| room)
+                .collect();
+            let mut st = c.prepare_cached(
+                "SELECT u.user_id, u.displayname, u.avatar_url, \
+                 EXISTS (SELECT 1 FROM current_state m WHERE m.type = 'm.room.member' AND m.state_key = u.user_id \
+                   AND m.membership = 'join' AND m.room_id IN (SELECT room_id FROM current_state \
+                   WHERE type = 'm.room.member' AND state_key = ?1 AND membership = 'join')) \
+                 FROM users u WHERE u.deactivated = 0",
+            )?;
+            let users: Vec<(DirectoryUser, bool)> = st
+                .query_map([&searcher], |r| {
+                    Ok((
+                        DirectoryUser {
+                            user_id: r.get(0)?,
+                            displayname: r.get(1)?,
+                            avatar_url: r.get(2)?,
+                        },
+                        r.get(3)?,
+                    ))
+                })?
+                .collect::<crate::db::Result<_>>()?;
+            if all_users {
+                return Ok(users.into_iter().map(|(u, _)| u).collect());
+            }
+            // Those in a public room, by room.
+            let mut in_public = std::collections::HashSet::new();
+            let mut st = c.prepare_cached(
+                "SELECT state_key FROM current_state WHERE room_id = ?1 AND type = 'm.room.member' AND membership = 'join'",
+            )?;
+            for room in &public {
+                for u in st.query_map([room], |r| r.get::<_, String>(0))? {
+                    in_public.insert(u?);
+                }
+            }
+            Ok(users
+                .into_iter()
+                .filter(|(u, shares)| *shares || in_public.contains(&u.user_id))
+                .map(|(u, _)| u)
+                .collect())
         })
         .await
     }
@@ -75,23 +106,19 @@ impl Store {
     /// with an empty state key, by type.
     pub async fn room_state_contents(&self, room_id: String, types: Vec<String>) -> Result<Vec<(String, Value)>> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT s.type, {} FROM current_state s JOIN events e ON e.event_id = s.event_id \
-                     WHERE s.room_id = ?1 AND s.state_key = '' AND s.type IN {}",
-                c.json_text("e.json", &["content"]),
-                c.json_array("?2")
-            ))?;
-            let types = serde_json::to_string(&types).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let rows = st.query_map(params![room_id, types], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-            })?;
+            let mut st = c.prepare_cached(
+                "SELECT e.json FROM current_state s JOIN events e ON e.event_id = s.event_id \
+                     WHERE s.room_id = ?1 AND s.type = ?2 AND s.state_key = ''",
+            )?;
             let mut out = vec![];
-            for row in rows {
-                let (kind, content) = row?;
-                let content = content
-                    .and_then(|c| serde_json::from_str(&c).ok())
-                    .unwrap_or(Value::Object(Default::default()));
-                out.push((kind, content));
+            for kind in types {
+                let json: Option<String> = st.query_row(params![room_id, kind], |r| r.get(0)).optional()?;
+                if let Some(json) = json {
+                    let content = crate::event_json::content(&json)
+                        .and_then(|c| serde_json::from_str(&c).ok())
+                        .unwrap_or(Value::Object(Default::default()));
+                    out.push((kind, content));
+                }
             }
             Ok(out)
         })

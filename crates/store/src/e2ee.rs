@@ -280,18 +280,18 @@ fn device_list_updates(c: &Connection<'_>, user: &str, since: i64, upto: i64) ->
 
     // Memberships that changed in rooms the user is in, or just left: who
     // arrived is new to the user, who left may be gone from all shared rooms.
-    let mut st = c.prepare_cached(&format!(
-        "SELECT room_id, state_key, {} FROM events \
+    let mut st = c.prepare_cached(
+        "SELECT room_id, state_key, json FROM events \
          WHERE type = 'm.room.member' AND stream_pos > ?2 AND stream_pos <= ?3 AND room_id IN \
          (SELECT room_id FROM current_state WHERE type = 'm.room.member' AND state_key = ?1 \
           AND (membership IN ('join', 'invite') OR stream_pos > ?2)) \
          ORDER BY stream_pos",
-        c.json_text("json", &["content", "membership"])
-    ))?;
-    let rows: Vec<(String, String, Option<String>)> = st
+    )?;
+    let rows: Vec<(String, String, String)> = st
         .query_map(params![user, since, upto], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<crate::db::Result<_>>()?;
-    for (room, target, membership) in rows {
+    for (room, target, json) in rows {
+        let membership = crate::event_json::content_str(&json, "membership");
         let present = matches!(membership.as_deref(), Some("join") | Some("invite"));
         if target == user {
             let members = present_members(c, &room)?;

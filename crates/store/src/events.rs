@@ -404,18 +404,27 @@ impl Store {
         .await
     }
 
-    /// The event closest to a timestamp in the given direction.
-    pub async fn event_at_ts(&self, room_id: String, ts: i64, dir: Direction) -> Result<Option<StoredEvent>> {
+    /// The `limit` events closest to a timestamp in the given direction,
+    /// closest first.
+    pub async fn events_at_ts(
+        &self,
+        room_id: String,
+        ts: i64,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
         self.read(move |c| {
             let sql = match dir {
                 Direction::Forward => format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts >= ?2 AND stream_pos > 0 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT 1"
+                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts >= ?2 AND stream_pos > 0 ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT ?3"
                 ),
                 Direction::Backward => format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts <= ?2 AND stream_pos > 0 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT 1"
+                    "SELECT {EVENT_COLS} FROM events WHERE room_id = ?1 AND origin_server_ts <= ?2 AND stream_pos > 0 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT ?3"
                 ),
             };
-            Ok(c.query_row(&sql, params![room_id, ts], event_row).optional()?)
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(params![room_id, ts, limit as i64], event_row)?;
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }

@@ -12,6 +12,7 @@ pub mod db;
 pub mod dehydrated;
 pub mod directory;
 pub mod e2ee;
+mod event_json;
 mod events;
 pub mod federation;
 pub mod media;

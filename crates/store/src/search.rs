@@ -297,7 +297,8 @@ fn searchable_text(kind: &str, content: &str) -> Option<[Option<String>; 3]> {
         return None;
     }
     let content: Value = serde_json::from_str(content).ok()?;
-    let field = |k: &str| content.get(k).and_then(Value::as_str).map(str::to_owned);
+    // NUL separates words as a space would; no engine indexes it.
+    let field = |k: &str| content.get(k).and_then(Value::as_str).map(|s| s.replace('\0', " "));
     let text = [field("body"), field("name"), field("topic")];
     text.iter().any(Option::is_some).then_some(text)
 }
@@ -340,18 +341,13 @@ pub(crate) fn backfill(tx: &Connection<'_>) -> Result<()> {
     if done {
         return Ok(());
     }
-    let content = tx.json_text("json", &["content"]);
-    let mut st = tx.prepare(&format!("SELECT stream_pos, type, {content} FROM events"))?;
+    let mut st = tx.prepare("SELECT stream_pos, type, json FROM events")?;
     let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<String>>(2)?,
-        ))
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
     })?;
     for row in rows {
-        let (pos, kind, content) = row?;
-        if let Some(text) = content.and_then(|c| searchable_text(&kind, &c)) {
+        let (pos, kind, json) = row?;
+        if let Some(text) = crate::event_json::content(&json).and_then(|c| searchable_text(&kind, &c)) {
             insert(tx, pos, text)?;
         }
     }
@@ -403,6 +399,13 @@ fn json_list(v: &[String]) -> String {
 }
 
 fn bind(q: &SearchQuery, postgres: bool) -> Option<Bound> {
+    // A type holding NUL names no event (none is stored with one), and
+    // PostgreSQL's JSON functions refuse it: it is left out of the lists.
+    let usable = |v: &[String]| -> Vec<String> { v.iter().filter(|t| !t.contains('\0')).cloned().collect() };
+    let types = q.types.as_deref().map(usable);
+    if types.as_ref().is_some_and(|t| t.is_empty()) && q.types.as_ref().is_some_and(|t| !t.is_empty()) {
+        return None;
+    }
     Some(Bound {
         expr: if postgres {
             pg_tsquery(&q.term, &q.keys)?
@@ -412,8 +415,8 @@ fn bind(q: &SearchQuery, postgres: bool) -> Option<Bound> {
         rooms: json_list(&q.rooms),
         senders: q.senders.as_deref().map(json_list),
         not_senders: json_list(&q.not_senders),
-        types: q.types.as_deref().map(json_list),
-        not_types: json_list(&q.not_types),
+        types: types.as_deref().map(json_list),
+        not_types: json_list(&usable(&q.not_types)),
     })
 }
 
@@ -519,13 +522,16 @@ impl Store {
     /// Rooms the user has been joined to at some point: the rooms they may search.
     pub async fn rooms_ever_joined(&self, user_id: String) -> Result<Vec<String>> {
         self.read(move |c| {
-            let membership = c.json_text("json", &["content", "membership"]);
-            let mut st = c.prepare_cached(&format!(
-                "SELECT DISTINCT room_id FROM events WHERE type = 'm.room.member' AND state_key = ?1 \
-                 AND {membership} = 'join'"
-            ))?;
-            let rows = st.query_map([user_id], |r| r.get(0))?;
-            Ok(rows.collect::<crate::db::Result<_>>()?)
+            let mut st =
+                c.prepare_cached("SELECT room_id, json FROM events WHERE type = 'm.room.member' AND state_key = ?1")?;
+            let mut rooms = std::collections::BTreeSet::new();
+            for row in st.query_map([user_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+                let (room, json) = row?;
+                if crate::event_json::content_str(&json, "membership").as_deref() == Some("join") {
+                    rooms.insert(room);
+                }
+            }
+            Ok(rooms.into_iter().collect())
         })
         .await
     }

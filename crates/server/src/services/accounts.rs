@@ -9,7 +9,7 @@ use rand::RngCore;
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use sha2::{Digest, Sha256};
 
-use crate::{App, Error, Result};
+use crate::{App, Error, Result, services::ratelimit::Action};
 
 /// Who is calling: the owner of a valid access token.
 #[derive(Clone, Debug)]
@@ -68,18 +68,31 @@ impl DeviceActivity {
 /// Password hashing is CPU- and memory-bound (Argon2id, 19 MiB each): at
 /// most this many run at once, whatever the number of clients logging in,
 /// so a burst of logins queues instead of growing threads and memory.
-pub struct PasswordHashing(tokio::sync::Semaphore);
+pub struct PasswordHashing {
+    permits: tokio::sync::Semaphore,
+    /// A hash of no one's password, checked against when the user is
+    /// unknown, so that a refusal takes as long for an unknown account as
+    /// for a known one (no timing tells which accounts exist).
+    decoy: tokio::sync::OnceCell<String>,
+}
 
 impl Default for PasswordHashing {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        PasswordHashing(tokio::sync::Semaphore::new(cores))
+        PasswordHashing {
+            permits: tokio::sync::Semaphore::new(cores),
+            decoy: tokio::sync::OnceCell::new(),
+        }
     }
 }
 
 impl PasswordHashing {
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        let _permit = self.0.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| Error::Internal(e.to_string()))
@@ -95,6 +108,18 @@ impl PasswordHashing {
                 .map_err(|e| Error::Internal(format!("password hashing: {e}")))
         })
         .await?
+    }
+
+    /// Spends the time of a password check that fails.
+    pub async fn verify_nothing(&self, password: String) {
+        let decoy = self
+            .decoy
+            .get_or_try_init(|| self.hash(random_string(32)))
+            .await
+            .cloned();
+        if let Ok(decoy) = decoy {
+            self.verify(password, decoy).await;
+        }
     }
 
     pub async fn verify(&self, password: String, hash: String) -> bool {
@@ -271,18 +296,31 @@ impl App {
         })
     }
 
-    /// Checks a user's password; false for unknown, deactivated or password-less users.
+    /// Whether `password` is `user`'s. Failures count against the
+    /// account (`[rate_limits] failed_login_*`): past them, every attempt
+    /// is refused with 429 until the allowance comes back, whatever the
+    /// address it comes from. An unknown or passwordless account costs
+    /// the same time as a known one.
     pub async fn check_password(&self, user: &UserId, password: &str) -> Result<bool> {
-        let Some(row) = self.store.user(user.to_string()).await? else {
-            return Ok(false);
+        let limits = &self.config.rate_limits;
+        self.rate_limiter
+            .would_allow(limits, Action::FailedLogin, user.as_str())?;
+        let hash = match self.store.user(user.to_string()).await? {
+            Some(row) if !row.deactivated => row.password_hash,
+            _ => None,
         };
-        if row.deactivated {
-            return Ok(false);
+        let ok = match hash {
+            Some(hash) => self.password_hashing.verify(password.to_owned(), hash).await,
+            None => {
+                self.password_hashing.verify_nothing(password.to_owned()).await;
+                false
+            }
+        };
+        if !ok {
+            // The failure is counted; the refusal itself stays 403.
+            let _ = self.rate_limiter.check(limits, Action::FailedLogin, user.as_str());
         }
-        let Some(hash) = row.password_hash else {
-            return Ok(false);
-        };
-        Ok(self.password_hashing.verify(password.to_owned(), hash).await)
+        Ok(ok)
     }
 }
 

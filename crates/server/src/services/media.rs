@@ -660,6 +660,26 @@ impl App {
         Err(not_found())
     }
 
+    /// Of these local media, those `sender` may attach to an event (so that
+    /// the event's readers may read them): their own uploads, and media
+    /// they may read through an event that attaches them already. An event
+    /// naming a file its sender could not read opens the file to nobody.
+    pub(crate) async fn attachable_media(&self, sender: &UserId, ids: Vec<String>) -> Result<Vec<String>> {
+        let mut out = vec![];
+        for id in ids {
+            let Some(row) = self.store.media(id.clone()).await? else {
+                continue;
+            };
+            let ok = row.uploader == sender.as_str()
+                || !self.store.media_refs(id.clone()).await?.is_empty()
+                    && self.check_media_access(&row, Some(sender)).await.is_ok();
+            if ok {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Quarantines (or releases) a local media: quarantined media are not served.
     /// Returns whether the media exists.
     pub async fn quarantine_media(&self, media_id: &str, quarantined: bool) -> Result<bool> {

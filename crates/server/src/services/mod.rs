@@ -1,6 +1,7 @@
 //! The logic behind the handlers.
 
 pub mod accounts;
+pub mod addresses;
 pub mod backup;
 pub mod create_room;
 pub mod dehydrated;

@@ -619,13 +619,8 @@ impl App {
 
 /// The thread an event is in (`main` when none), for threaded receipts.
 fn thread_of(ev: &StoredEvent) -> String {
-    let content = ev.pdu.content_value();
-    let rel = content.get("m.relates_to");
-    match (
-        rel.and_then(|r| r.get("rel_type")).and_then(Value::as_str),
-        rel.and_then(|r| r.get("event_id")).and_then(Value::as_str),
-    ) {
-        (Some("m.thread"), Some(root)) => root.to_owned(),
+    match crate::services::rooms::relation_of(&ev.pdu) {
+        (Some(t), Some(root)) if t == "m.thread" => root,
         _ => "main".to_owned(),
     }
 }

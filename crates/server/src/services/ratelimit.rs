@@ -26,6 +26,10 @@ pub struct RateLimits {
     pub send_burst: f64,
     pub url_preview_per_second: f64,
     pub url_preview_burst: f64,
+    /// Wrong passwords per account, wherever they come from: past the
+    /// burst, the account's logins wait for the rate to give one back.
+    pub failed_login_per_second: f64,
+    pub failed_login_burst: f64,
 }
 
 impl Default for RateLimits {
@@ -40,6 +44,8 @@ impl Default for RateLimits {
             send_burst: 50.0,
             url_preview_per_second: 0.5,
             url_preview_burst: 10.0,
+            failed_login_per_second: 0.1,
+            failed_login_burst: 5.0,
         }
     }
 }
@@ -50,6 +56,7 @@ pub enum Action {
     Registration,
     Send,
     UrlPreview,
+    FailedLogin,
 }
 
 struct Bucket {
@@ -63,6 +70,15 @@ pub struct RateLimiter(Mutex<HashMap<(u8, String), Bucket>>);
 impl RateLimiter {
     /// Takes one token for `key`, or says how long to wait for one.
     pub fn check(&self, limits: &RateLimits, action: Action, key: &str) -> Result<()> {
+        self.take(limits, action, key, 1.0)
+    }
+
+    /// Says how long to wait when `key` has no token left, taking none.
+    pub fn would_allow(&self, limits: &RateLimits, action: Action, key: &str) -> Result<()> {
+        self.take(limits, action, key, 0.0)
+    }
+
+    fn take(&self, limits: &RateLimits, action: Action, key: &str, cost: f64) -> Result<()> {
         if !limits.enabled {
             return Ok(());
         }
@@ -71,6 +87,7 @@ impl RateLimiter {
             Action::Registration => (limits.registration_per_second, limits.registration_burst),
             Action::Send => (limits.send_per_second, limits.send_burst),
             Action::UrlPreview => (limits.url_preview_per_second, limits.url_preview_burst),
+            Action::FailedLogin => (limits.failed_login_per_second, limits.failed_login_burst),
         };
         if rate <= 0.0 {
             return Ok(());
@@ -87,7 +104,7 @@ impl RateLimiter {
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
         b.at = now;
         if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+            b.tokens -= cost;
             return Ok(());
         }
         let wait = Duration::from_secs_f64((1.0 - b.tokens) / rate);

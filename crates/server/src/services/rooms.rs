@@ -7,6 +7,7 @@ use missive_core::{
     auth::{self, StateMap},
     builder::{BuildError, NewEvent, Prev, build_pdu},
     pdu::Pdu,
+    validate,
 };
 use missive_store::{NewRoom, NewRoomEvent, StoreError};
 use ruma::{
@@ -315,7 +316,8 @@ impl App {
         let media_refs = if pdu.is_state() {
             vec![]
         } else {
-            self.local_media_in(&pdu.content_value())
+            self.attachable_media(sender, self.local_media_in(&pdu.content_value()))
+                .await?
         };
         let queued = !federate_to.is_empty();
         match self
@@ -358,6 +360,9 @@ impl App {
             Target::NewRoom(v) => (None, v),
         };
         let rules = &version.rules;
+        if new.state_key.is_some() {
+            self.check_local_state(rules, &new, room_id).await?;
+        }
         let content_raw = serde_json::value::to_raw_value(&new.content).map_err(|e| Error::bad_json(e.to_string()))?;
         let auth_keys = auth::auth_types(rules, &new.kind, sender, new.state_key.as_deref(), &content_raw)
             .map_err(Error::bad_json)?;
@@ -428,6 +433,8 @@ impl App {
         )
         .map_err(|e| match e {
             BuildError::TooLarge => Error::too_large("Event too large"),
+            BuildError::Limit(e @ missive_core::limits::LimitError::FieldTooLong(_)) => Error::too_large(e.to_string()),
+            BuildError::Limit(e) => Error::invalid_param(e.to_string()),
             e => Error::bad_json(e.to_string()),
         })?;
 
@@ -466,6 +473,63 @@ impl App {
             })
         });
         Ok((pdu, unsigned))
+    }
+
+    /// The content rules of the state events the server interprets
+    /// ([`missive_core::validate`]), and those that need the server: an ACL
+    /// that shuts this server out of the room, a canonical alias that does
+    /// not point to the room.
+    async fn check_local_state(&self, rules: &RoomVersionRules, new: &NewEvent, room: Option<&RoomId>) -> Result<()> {
+        validate::local_state(rules, &new.kind, &new.content, room).map_err(|e| match e {
+            validate::Invalid::BadJson(m) => Error::bad_json(m),
+            validate::Invalid::InvalidParam(m) => Error::invalid_param(m),
+        })?;
+        match new.kind {
+            TimelineEventType::RoomServerAcl
+                if !crate::services::federation::queries::acl_allows(&new.content, &self.server_name) =>
+            {
+                Err(Error::bad_json(format!(
+                    "This ACL would shut {} out of the room",
+                    self.server_name
+                )))
+            }
+            TimelineEventType::RoomCanonicalAlias => match room {
+                Some(room) => self.check_canonical_alias(room, &new.content).await,
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Every alias a canonical alias event adds must point to the room
+    /// (`M_BAD_ALIAS`); those it already named may have gone since.
+    async fn check_canonical_alias(&self, room: &RoomId, content: &Value) -> Result<()> {
+        let current = self
+            .store
+            .current_state_event(room.to_string(), "m.room.canonical_alias".into(), String::new())
+            .await?
+            .map(|e| e.pdu.content_value())
+            .unwrap_or_default();
+        let before = validate::canonical_aliases(&current);
+        for alias in validate::canonical_aliases(content) {
+            if before.contains(&alias) {
+                continue;
+            }
+            let here = self
+                .store
+                .alias(alias.to_owned())
+                .await?
+                .is_some_and(|(r, _)| r == room.as_str());
+            if !here {
+                return Err(Error::Matrix {
+                    status: http::StatusCode::BAD_REQUEST,
+                    errcode: "M_BAD_ALIAS",
+                    message: format!("{alias} does not point to this room"),
+                    extra: None,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The reference hashes of the stored events among `ids`, which rooms
@@ -534,7 +598,12 @@ impl App {
                     for (k, v) in o {
                         match v {
                             Value::String(s) if k == "url" || k == "thumbnail_url" => {
-                                if let Some(id) = s.strip_prefix(&prefix) {
+                                // Only what can be a media ID: anything else names no file.
+                                if let Some(id) = s.strip_prefix(&prefix)
+                                    && !id.is_empty()
+                                    && id.len() <= 255
+                                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                                {
                                     out.push(id.to_owned());
                                 }
                             }
@@ -565,12 +634,19 @@ pub(crate) fn relation_of(pdu: &Pdu) -> (Option<String>, Option<String>) {
         event_id: Option<String>,
     }
     match serde_json::from_str::<C>(pdu.content.get()) {
+        // Kept only when it can name an event: the content is the sender's
+        // to fill, the columns these go to are not.
         Ok(C {
             rel: Some(R {
                 rel_type: Some(t),
                 event_id: Some(e),
             }),
-        }) => (Some(t), Some(e)),
+        }) if missive_core::limits::identifier_ok(&t)
+            && ruma::EventId::parse(&e).is_ok()
+            && missive_core::limits::identifier_ok(&e) =>
+        {
+            (Some(t), Some(e))
+        }
         _ => (None, None),
     }
 }

@@ -308,50 +308,54 @@ impl App {
     }
 
     /// The aggregations a client shows with an event: its latest edit (by
-    /// its own sender), its thread summary and its references.
+    /// its own sender), its thread summary and its references, each made
+    /// only of the related events the viewer may see (a former member does
+    /// not read, through the summary, what was said after they left).
     async fn bundled_relations(&self, ev: &StoredEvent, viewer: Option<&Session>) -> Result<Option<Value>> {
-        let mut rows = self.store.relation_rows(ev.pdu.event_id.to_string()).await?;
+        let rows = self.store.relation_rows(ev.pdu.event_id.to_string()).await?;
         if rows.is_empty() {
             return Ok(None);
         }
-        // Nothing of someone the viewer ignores, not even summed up.
+        let kinds: HashMap<String, String> = rows.iter().map(|(t, _, id)| (id.clone(), t.clone())).collect();
+        let mut related = self
+            .store
+            .events(rows.into_iter().map(|(_, _, id)| id).collect())
+            .await?;
         if let Some(v) = viewer {
-            let ignored = self.ignored_users(&v.user_id).await?;
-            if !ignored.is_empty() {
-                rows.retain(|(_, sender, _)| {
-                    ruma::UserId::parse(sender.as_str()).map_or(true, |s| !ignored.contains(&s))
-                });
-            }
+            related = self.filter_visible(&v.user_id, &ev.pdu.room_id, related).await?;
         }
+        related.sort_by_key(|e| e.stream_pos);
+        // The relation as recorded when the event came (a redacted reply
+        // still counts in its thread).
+        let rel_type = |e: &StoredEvent| kinds.get(e.pdu.event_id.as_str()).cloned();
         let mut out = serde_json::Map::new();
-        let edit = rows
+        let edit = related
             .iter()
             .rev()
-            .find(|(t, s, _)| t == "m.replace" && s == ev.pdu.sender.as_str());
-        if let Some((_, _, id)) = edit
-            && let Some(e) = self.store.event(id.clone()).await?
-        {
+            .find(|e| rel_type(e).as_deref() == Some("m.replace") && e.pdu.sender == ev.pdu.sender);
+        if let Some(e) = edit {
             out.insert("m.replace".into(), e.pdu.to_client_event(None));
         }
-        let thread: Vec<_> = rows.iter().filter(|(t, _, _)| t == "m.thread").collect();
-        if let Some((_, _, latest)) = thread.last()
-            && let Some(e) = self.store.event(latest.clone()).await?
-        {
-            let participated = viewer
-                .is_some_and(|v| ev.pdu.sender == v.user_id || thread.iter().any(|(_, s, _)| s == v.user_id.as_str()));
+        let thread: Vec<&StoredEvent> = related
+            .iter()
+            .filter(|e| rel_type(e).as_deref() == Some("m.thread"))
+            .collect();
+        if let Some(latest) = thread.last() {
+            let participated =
+                viewer.is_some_and(|v| ev.pdu.sender == v.user_id || thread.iter().any(|e| e.pdu.sender == v.user_id));
             out.insert(
                 "m.thread".into(),
                 json!({
-                    "latest_event": e.pdu.to_client_event(None),
+                    "latest_event": latest.pdu.to_client_event(None),
                     "count": thread.len(),
                     "current_user_participated": participated,
                 }),
             );
         }
-        let refs: Vec<Value> = rows
+        let refs: Vec<Value> = related
             .iter()
-            .filter(|(t, _, _)| t == "m.reference")
-            .map(|(_, _, id)| json!({ "event_id": id }))
+            .filter(|e| rel_type(e).as_deref() == Some("m.reference"))
+            .map(|e| json!({ "event_id": e.pdu.event_id }))
             .collect();
         if !refs.is_empty() {
             out.insert("m.reference".into(), json!({ "chunk": refs }));

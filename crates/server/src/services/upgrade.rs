@@ -1,7 +1,7 @@
 //! Room upgrades: a tombstone in the old room and a new room that carries
 //! over its important state and points back to it.
 
-use missive_core::builder::NewEvent;
+use missive_core::{builder::NewEvent, validate};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::TimelineEventType};
 use serde_json::{Map, Value, json};
 
@@ -23,7 +23,6 @@ const CARRIED: &[&str] = &[
     "m.room.avatar",
     "m.room.encryption",
     "m.room.server_acl",
-    "m.room.canonical_alias",
 ];
 
 impl App {
@@ -42,11 +41,19 @@ impl App {
         {
             return Err(Error::forbidden("Not allowed to upgrade this room"));
         }
+        let new_rules = RoomVersion::parse(new_version)?;
         let mut initial_state = vec![];
         for kind in CARRIED {
             if let Some(content) = self.state_content(old, kind, "").await?
                 && let Value::Object(content) = content
             {
+                // State the new version cannot hold (a join rule it lacks,
+                // a value another server let through) stays behind.
+                let value = Value::Object(content.clone());
+                if let Err(e) = validate::local_state(&new_rules.rules, &(*kind).into(), &value, None) {
+                    tracing::info!(%old, kind, error = %e, "state not carried into the upgraded room");
+                    continue;
+                }
                 initial_state.push(InitialState {
                     kind: (*kind).to_owned(),
                     state_key: String::new(),
@@ -68,7 +75,6 @@ impl App {
             .state_content(old, "m.room.power_levels", "")
             .await?
             .and_then(|v| v.as_object().cloned());
-        let new_rules = RoomVersion::parse(new_version)?;
         if let Some(pl) = pl_content.as_mut()
             && new_rules.rules.authorization.explicitly_privilege_room_creators
             && let Some(users) = pl.get_mut("users").and_then(Value::as_object_mut)
@@ -106,11 +112,20 @@ impl App {
             )
             .await?;
         }
-        // Aliases move to the new room.
+        // Aliases move to the new room, then the canonical alias follows
+        // them: it may only name aliases that point to its room.
         for alias in self.store.room_aliases(old.to_string()).await? {
             if let Some((_, creator)) = self.store.alias(alias.clone()).await? {
                 self.store.delete_alias(alias.clone()).await?;
                 self.store.set_alias(alias, new_room.to_string(), creator).await?;
+            }
+        }
+        if let Some(content) = self.state_content(old, "m.room.canonical_alias", "").await?
+            && content.as_object().is_some_and(|c| !c.is_empty())
+        {
+            let new = NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", content);
+            if let Err(e) = self.send_event(&new_room, user, new, None).await {
+                tracing::info!(%new_room, error = %e, "canonical alias not carried into the upgraded room");
             }
         }
         Ok(new_room)

@@ -172,7 +172,9 @@ pub async fn messages(
         resp.chunk.push(raw(&json)?);
     }
     if lazy && !events.is_empty() {
-        let state = app.store.current_state_ids(r.room_id.to_string()).await?;
+        // The members as the user may know them: now for a member, as they
+        // were at the user's departure for a former member.
+        let state = readable_state(&app, &r.room_id, &user).await?;
         let ids = senders
             .iter()
             .filter_map(|s| state.get(&("m.room.member".into(), s.clone())))
@@ -267,6 +269,9 @@ pub async fn context(app: App, req: Ruma<get_context::v3::Request>) -> Result<ge
     Ok(resp)
 }
 
+/// How many events near a timestamp are looked at for one the user may see.
+const TIMESTAMP_CANDIDATES: usize = 50;
+
 pub async fn timestamp_to_event(
     app: App,
     req: Ruma<get_event_by_timestamp::v1::Request>,
@@ -276,10 +281,17 @@ pub async fn timestamp_to_event(
     readable_state(&app, &r.room_id, &user).await?;
     let dir = Direction::from(r.dir);
     let ts = u64::from(r.ts.0) as i64;
-    let ev = app
+    // The closest event the user may see: a former member learns nothing,
+    // not even the time, of what came after they left.
+    let candidates = app
         .store
-        .event_at_ts(r.room_id.to_string(), ts, dir)
+        .events_at_ts(r.room_id.to_string(), ts, dir, TIMESTAMP_CANDIDATES)
+        .await?;
+    let ev = app
+        .filter_visible(&user, &r.room_id, candidates)
         .await?
+        .into_iter()
+        .next()
         .ok_or_else(|| Error::not_found("No event found in that direction"))?;
     Ok(get_event_by_timestamp::v1::Response::new(
         ev.pdu.event_id,

@@ -89,9 +89,6 @@ pub async fn send_state(app: App, req: Ruma<send_state_event::v3::Request>) -> R
     if kind == "m.room.create" {
         return Err(Error::forbidden("The create event cannot be replaced"));
     }
-    if kind == "m.room.canonical_alias" {
-        check_canonical_alias(&app, &req.body.room_id, &content).await?;
-    }
     let event_id = app
         .send_event(
             &req.body.room_id,
@@ -101,32 +98,4 @@ pub async fn send_state(app: App, req: Ruma<send_state_event::v3::Request>) -> R
         )
         .await?;
     Ok(send_state_event::v3::Response::new(event_id))
-}
-
-/// A canonical alias must point to this room (spec: `M_BAD_ALIAS` otherwise).
-async fn check_canonical_alias(app: &App, room_id: &RoomId, content: &serde_json::Value) -> Result<()> {
-    let mut aliases: Vec<&str> = vec![];
-    if let Some(a) = content.get("alias").and_then(|a| a.as_str()) {
-        aliases.push(a);
-    }
-    if let Some(alt) = content.get("alt_aliases").and_then(|a| a.as_array()) {
-        aliases.extend(alt.iter().filter_map(|a| a.as_str()));
-    }
-    for a in aliases {
-        let ok = ruma::RoomAliasId::parse(a).is_ok()
-            && app
-                .store
-                .alias(a.to_owned())
-                .await?
-                .is_some_and(|(r, _)| r == room_id.as_str());
-        if !ok {
-            return Err(Error::Matrix {
-                status: http::StatusCode::BAD_REQUEST,
-                errcode: "M_BAD_ALIAS",
-                message: format!("{a} does not point to this room"),
-                extra: None,
-            });
-        }
-    }
-    Ok(())
 }

@@ -79,6 +79,12 @@ impl App {
         let path = req.uri().path().to_owned();
         let mut req = reqwest::Request::try_from(req)
             .map_err(|e| Error::Internal(format!("building a request to {destination}: {e}")))?;
+        // An address literal is connected to without a lookup: checked here.
+        if !super::discovery::url_reachable(req.url(), &self.federation.allowlist) {
+            return Err(Error::forbidden(format!(
+                "{destination} is not at a public address (see [federation] ip_allowlist)"
+            )));
+        }
         let host = http::HeaderValue::from_str(&dest.host)
             .map_err(|e| Error::Internal(format!("Host header for {destination}: {e}")))?;
         req.headers_mut().insert(http::header::HOST, host);
@@ -262,6 +268,8 @@ mod tests {
         config.federation.tls_key = Some(dir.join("key.pem"));
         config.federation.ca_file = Some(dir.join("ca.pem"));
         config.federation.allowed_servers = allowed;
+        // The test servers are on loopback, which is not public.
+        config.federation.ip_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
         let store = missive_store::Store::open(&data_dir.join("missive.db")).unwrap();
         let app = App::new(config, store).await.unwrap();
         tokio::spawn(crate::serve_federation(app.clone(), listener, std::future::pending()));

@@ -45,6 +45,22 @@ pub struct Destination {
 /// The SRV targets of hostnames, shared with the [`Resolver`].
 pub type SrvTargets = Arc<RwLock<HashMap<String, Vec<(String, u16)>>>>;
 
+/// The non-public address ranges other servers may be reached at
+/// (`[federation] ip_allowlist`).
+pub type Allowlist = Arc<Vec<crate::services::addresses::IpRange>>;
+
+/// Whether a URL may be connected to: a host name (its addresses are
+/// checked when resolved), or an address the guard allows.
+pub fn url_reachable(url: &reqwest::Url, allowlist: &[crate::services::addresses::IpRange]) -> bool {
+    use crate::services::addresses::allowed;
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => allowed(ip.into(), allowlist),
+        Some(url::Host::Ipv6(ip)) => allowed(ip.into(), allowlist),
+        Some(url::Host::Domain(_)) => true,
+        None => false,
+    }
+}
+
 pub struct Discovery {
     resolved: Mutex<HashMap<OwnedServerName, (Destination, Instant)>>,
     srv_targets: SrvTargets,
@@ -55,12 +71,21 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    pub fn new(roots: Vec<reqwest::Certificate>, srv_targets: SrvTargets) -> Result<Self> {
+    pub fn new(roots: Vec<reqwest::Certificate>, srv_targets: SrvTargets, allowlist: Allowlist) -> Result<Self> {
+        let redirects = allowlist.clone();
         let well_known = reqwest::Client::builder()
             .tls_certs_only(roots)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(20))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            // Redirects are followed only to hosts the guard would let us reach.
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= 5 || !url_reachable(attempt.url(), &redirects) {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .dns_resolver(Resolver::new(SrvTargets::default(), allowlist))
             .user_agent(concat!("Missive/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Internal(format!("building the well-known client: {e}")))?;
@@ -233,11 +258,15 @@ fn max_age(header: &str) -> Option<Duration> {
 /// resolver only sees the name. No sane deployment names one host both ways.
 pub struct Resolver {
     srv_targets: SrvTargets,
+    /// Only public addresses, and these ranges, are connected to: a name
+    /// in an event or a request does not make this server reach into its
+    /// own network.
+    allowlist: Allowlist,
 }
 
 impl Resolver {
-    pub fn new(srv_targets: SrvTargets) -> Self {
-        Resolver { srv_targets }
+    pub fn new(srv_targets: SrvTargets, allowlist: Allowlist) -> Self {
+        Resolver { srv_targets, allowlist }
     }
 }
 
@@ -250,6 +279,7 @@ impl reqwest::dns::Resolve for Resolver {
             .get(name.as_str())
             .cloned();
         let name = name.as_str().to_owned();
+        let allowlist = self.allowlist.clone();
         Box::pin(async move {
             let mut addrs: Vec<SocketAddr> = vec![];
             match targets {
@@ -265,6 +295,10 @@ impl reqwest::dns::Resolve for Resolver {
             }
             if addrs.is_empty() {
                 return Err(format!("no address for {name}").into());
+            }
+            addrs.retain(|a| crate::services::addresses::allowed(a.ip(), &allowlist));
+            if addrs.is_empty() {
+                return Err(format!("{name} has no public address (see [federation] ip_allowlist)").into());
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -302,7 +336,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_with_a_port_resolves_without_any_request() {
-        let d = Discovery::new(vec![], SrvTargets::default()).unwrap();
+        let d = Discovery::new(vec![], SrvTargets::default(), Allowlist::default()).unwrap();
         let dest = d.resolve(&name("localhost:1234")).await;
         assert_eq!(dest.base_url, "https://localhost:1234");
     }

@@ -101,9 +101,7 @@ impl App {
             serde_json::from_str(raw.get()).map_err(|e| PduRejection::Invalid(format!("not canonical JSON: {e}")))?;
         // `unsigned` is the sender's own annotation (age, …), not part of the event.
         obj.remove("unsigned");
-        if raw.get().len() > missive_core::builder::MAX_PDU_BYTES {
-            return Err(PduRejection::Invalid("PDU too large".into()));
-        }
+        missive_core::limits::check(&obj).map_err(|e| PduRejection::Invalid(e.to_string()))?;
         missive_core::pdu::check_event_refs(&obj, &version.rules).map_err(|e| PduRejection::Invalid(e.to_string()))?;
         let event_id =
             missive_core::pdu::event_id_for(&obj, &version.rules).map_err(|e| PduRejection::Invalid(e.to_string()))?;

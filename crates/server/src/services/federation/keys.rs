@@ -177,11 +177,13 @@ impl App {
 
     /// The notary's answer for a server: its own keys response, with our
     /// signature added, valid until at least `minimum_valid_until_ts` if it
-    /// can be had; none if it cannot.
+    /// can be had; none if it cannot. Only with `may_fetch` is the server
+    /// asked; otherwise the answer is what this server already knows.
     pub async fn notary_server_keys(
         &self,
         server: &ServerName,
         minimum_valid_until_ts: i64,
+        may_fetch: bool,
     ) -> Result<Vec<Raw<ServerSigningKeys>>> {
         if server == self.server_name {
             return Ok(vec![to_raw(&self.own_server_keys().await?)?]);
@@ -197,6 +199,10 @@ impl App {
         };
         let mut obj = match fresh_enough(self) {
             Some(obj) => obj,
+            None if !may_fetch => match lock(&self.federation.keys.responses).get(server).cloned() {
+                Some(obj) => obj,
+                None => return Ok(vec![]),
+            },
             None => {
                 // Refetched (unless it just was), whatever the store holds.
                 self.refresh_server_keys(server, |_| false).await?;

@@ -33,6 +33,8 @@ pub struct Federation {
     pub(crate) client: reqwest::Client,
     pub(crate) discovery: discovery::Discovery,
     pub(crate) keys: keys::KeyCache,
+    /// Non-public ranges other servers may be reached at.
+    pub(crate) allowlist: discovery::Allowlist,
 }
 
 impl Federation {
@@ -46,20 +48,22 @@ impl Federation {
         });
         let roots = root_certificates(fed.ca_file.as_deref())?;
         let srv_targets = discovery::SrvTargets::default();
+        let allowlist: discovery::Allowlist = std::sync::Arc::new(fed.ip_allowlist.clone());
         let client = reqwest::Client::builder()
             .tls_certs_only(roots.clone())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             // A redirect would take a signed request somewhere it was not signed for.
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(discovery::Resolver::new(srv_targets.clone()))
+            .dns_resolver(discovery::Resolver::new(srv_targets.clone(), allowlist.clone()))
             .user_agent(concat!("Missive/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Internal(format!("building the federation client: {e}")))?;
         Ok(Federation {
             allowed,
             client,
-            discovery: discovery::Discovery::new(roots, srv_targets)?,
+            discovery: discovery::Discovery::new(roots, srv_targets, allowlist.clone())?,
+            allowlist,
             keys: keys::KeyCache::default(),
         })
     }

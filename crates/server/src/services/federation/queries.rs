@@ -509,11 +509,8 @@ impl App {
         dir: Direction,
     ) -> Result<(OwnedEventId, i64)> {
         self.check_server_reads_room(room_id, origin).await?;
-        let ev = self
-            .store
-            .event_at_ts(room_id.to_string(), ts, dir)
-            .await?
-            .ok_or_else(|| Error::not_found("No event found"))?;
+        let ev = self.store.events_at_ts(room_id.to_string(), ts, dir, 1).await?.pop();
+        let ev = ev.ok_or_else(|| Error::not_found("No event found"))?;
         if !self.server_can_see_event(origin, &ev).await? {
             return Err(Error::not_found("No event found"));
         }
