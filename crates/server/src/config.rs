@@ -248,7 +248,7 @@ fn ip_ranges(v: &str) -> Result<Vec<crate::services::addresses::IpRange>, String
     v.split(',')
         .map(str::trim)
         .filter(|r| !r.is_empty())
-        .map(|r| r.parse().map_err(|e| format!("{e}")))
+        .map(str::parse)
         .collect()
 }
 
