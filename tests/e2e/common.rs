@@ -152,6 +152,21 @@ impl TestServer {
         self.data.path()
     }
 
+    fn log_path(&self) -> std::path::PathBuf {
+        self.data.path().join("server.log")
+    }
+
+    /// The process ID of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// What the server has logged so far (empty when `MISSIVE_TEST_LOG`
+    /// sends it to the terminal instead).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     pub async fn start() -> TestServer {
         Self::start_with(&[]).await
     }
@@ -168,11 +183,18 @@ impl TestServer {
                 "MISSIVE_LOG",
                 std::env::var("MISSIVE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            // The server logs to stdout: shown only when a log level is asked for.
+            // The server logs to stdout: shown when a log level is asked
+            // for, else kept in the data directory for tests that read it.
             .stdout(if std::env::var_os("MISSIVE_TEST_LOG").is_some() {
                 Stdio::inherit()
             } else {
-                Stdio::null()
+                Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(self.log_path())
+                        .expect("server log file"),
+                )
             })
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -366,6 +388,23 @@ impl Raw {
         let r = self.call(method, path, body).await;
         assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
         r.body
+    }
+
+    /// The bytes of a media file, through the authenticated endpoint.
+    pub async fn download(&self, mxc: &str) -> Vec<u8> {
+        let r = self
+            .http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{}",
+                self.base,
+                mxc.trim_start_matches("mxc://")
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "download {mxc}");
+        r.bytes().await.unwrap().to_vec()
     }
 
     pub async fn create_room(&self, body: Value) -> String {

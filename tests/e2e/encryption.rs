@@ -375,18 +375,9 @@ async fn encrypted_image_is_sent_downloaded_and_decrypted() {
         file.url.server_name().unwrap().to_string(),
         file.url.media_id().unwrap().to_owned(),
     );
-    let cipher = raw
-        .http
-        .get(format!("{}/_matrix/client/v1/media/download/{srv}/{id}", server.url))
-        .bearer_auth(&raw.token)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let cipher = raw.download(&format!("mxc://{srv}/{id}")).await;
     assert_eq!(cipher.len(), image.len());
-    assert_ne!(cipher.as_ref(), image.as_slice());
+    assert_ne!(cipher.as_slice(), image.as_slice());
     let plain = bob
         .media()
         .get_media_content(

@@ -23,6 +23,7 @@ mod media;
 mod migrate;
 mod multiprocess;
 mod push;
+mod resource_limits;
 mod room_versions;
 mod rooms;
 mod sliding_sync;

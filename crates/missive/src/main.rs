@@ -124,7 +124,17 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    let files = raise_open_files_limit();
+    if config.max_connections == 0 {
+        let listeners = if config.federation.listen.is_some() { 2 } else { 1 };
+        config.max_connections = automatic_connection_cap(files, listeners);
+    }
+    tracing::info!(
+        open_files = files,
+        max_connections = config.max_connections,
+        "connection limits"
+    );
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = open_store(&config)?;
     let listen = config.listen;
@@ -307,6 +317,45 @@ fn migrate_db(from: String, to: String) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: each connection
+/// is a file, and the usual soft limit (1,024) would take the server
+/// offline with a thousand idle connections. Returns the limit in force.
+fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            } else {
+                tracing::warn!(
+                    soft = lim.rlim_cur,
+                    hard = lim.rlim_max,
+                    "could not raise the open files limit"
+                );
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Connections per listener that leave files for the rest (the database,
+/// media, connections to other servers): at most the default cap.
+fn automatic_connection_cap(open_files: u64, listeners: u64) -> usize {
+    let spare = open_files.saturating_sub(512) / listeners.max(1);
+    (spare as usize).clamp(64, missive_server::DEFAULT_MAX_CONNECTIONS)
 }
 
 /// glibc gives each thread that allocates its own arena, and keeps freed

@@ -49,6 +49,17 @@ pub struct Config {
     pub presence: bool,
     /// Largest request body accepted by the client API, in bytes.
     pub max_request_bytes: usize,
+    /// Connections each listener keeps open at once; past it new ones are
+    /// closed at once (and a line is logged). 0: 16,384, or less when the
+    /// process may not open that many files.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; also the longest
+    /// a connection may stay idle between requests.
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may pause before the request is dropped.
+    pub body_timeout_secs: u64,
+    /// Bytes of memory the cache of full room states may hold.
+    pub state_cache_bytes: usize,
     /// Lifetime of an access token for clients that support refresh tokens, in seconds.
     pub access_token_lifetime_secs: u64,
     /// The base URL clients should use, advertised in `/.well-known/matrix/client`.
@@ -212,6 +223,10 @@ impl Default for Config {
             registration: Registration::Closed,
             presence: true,
             max_request_bytes: 1024 * 1024,
+            max_connections: 0,
+            header_timeout_secs: 30,
+            body_timeout_secs: 60,
+            state_cache_bytes: missive_store::state_cache::DEFAULT_STATE_CACHE_BYTES,
             access_token_lifetime_secs: 24 * 3600,
             public_baseurl: None,
             max_sync_timeout_ms: 60_000,
@@ -263,6 +278,9 @@ impl Config {
                 missive_core::SUPPORTED_ROOM_VERSIONS.join(", ")
             ));
         }
+        if self.header_timeout_secs == 0 || self.body_timeout_secs == 0 {
+            return Err("header_timeout_secs and body_timeout_secs must be at least 1".into());
+        }
         for c in &self.support.contacts {
             if c.matrix_id.is_none() && c.email_address.is_none() {
                 return Err("each [[support.contacts]] needs a matrix_id or an email_address".into());
@@ -289,6 +307,18 @@ impl Config {
         }
         if let Some(v) = get("MISSIVE_LISTEN") {
             self.listen = v.parse().map_err(|e| format!("MISSIVE_LISTEN: {e}"))?;
+        }
+        if let Some(v) = get("MISSIVE_MAX_CONNECTIONS") {
+            self.max_connections = v.parse().map_err(|e| format!("MISSIVE_MAX_CONNECTIONS: {e}"))?;
+        }
+        if let Some(v) = get("MISSIVE_HEADER_TIMEOUT_SECS") {
+            self.header_timeout_secs = v.parse().map_err(|e| format!("MISSIVE_HEADER_TIMEOUT_SECS: {e}"))?;
+        }
+        if let Some(v) = get("MISSIVE_BODY_TIMEOUT_SECS") {
+            self.body_timeout_secs = v.parse().map_err(|e| format!("MISSIVE_BODY_TIMEOUT_SECS: {e}"))?;
+        }
+        if let Some(v) = get("MISSIVE_STATE_CACHE_BYTES") {
+            self.state_cache_bytes = v.parse().map_err(|e| format!("MISSIVE_STATE_CACHE_BYTES: {e}"))?;
         }
         if let Some(v) = get("MISSIVE_DATA_DIR") {
             self.data_dir = v.into();

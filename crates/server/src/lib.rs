@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod listener;
 mod router;
 pub mod ruma_wrapper;
 pub mod services;
@@ -67,6 +68,7 @@ impl App {
     pub async fn new(config: Config, store: Store) -> Result<App> {
         let server_name = OwnedServerName::try_from(config.server_name.as_str())
             .map_err(|e| Error::Internal(format!("invalid server_name {:?}: {e}", config.server_name)))?;
+        store.set_state_cache_bytes(config.state_cache_bytes);
         let (version, der) = match store.signing_key().await? {
             Some(k) => k,
             None => {
@@ -120,81 +122,39 @@ impl App {
     }
 }
 
+/// The connection limits of the listeners, from the configuration.
+pub fn connection_limits(config: &Config) -> listener::ConnectionLimits {
+    listener::ConnectionLimits {
+        max_connections: match config.max_connections {
+            0 => DEFAULT_MAX_CONNECTIONS,
+            n => n,
+        },
+        header_timeout: std::time::Duration::from_secs(config.header_timeout_secs),
+        body_timeout: std::time::Duration::from_secs(config.body_timeout_secs),
+    }
+}
+
+/// Connections per listener when the configuration names no number.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
 /// Serves the client API on a bound listener until the future resolves.
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    let limits = connection_limits(&app.config);
+    listener::serve("client", listener, router(app), None, limits, shutdown).await
 }
 
 /// Serves the same routes as [`serve`] over TLS, for other servers (the
-/// federation listener), until the future resolves; open connections then
-/// get ten seconds to finish.
+/// federation listener), until the future resolves.
 pub async fn serve_federation(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::{
-        rt::{TokioExecutor, TokioIo},
-        server::{conn::auto, graceful::GracefulShutdown},
-    };
-    use tower::Service;
-
     let acceptor = tokio_rustls::TlsAcceptor::from(services::federation::tls_server_config(&app.config.federation)?);
-    let router = router(app);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, do not spin.
-                    tracing::warn!(error = %e, "federation listener: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-            let tls = match handshake.await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "federation TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "federation TLS handshake timed out");
-                    return;
-                }
-            };
-            // The handlers read the peer's address as behind `serve`.
-            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                router.clone().call(req)
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "federation connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::info!("federation connections still open at shutdown were closed");
-    }
-    Ok(())
+    let limits = connection_limits(&app.config);
+    listener::serve("federation", listener, router(app), Some(acceptor), limits, shutdown).await
 }

@@ -73,6 +73,10 @@ pub struct Ruma<R> {
     /// The request's URI, for the query parameters of older paths that
     /// ruma's request type does not read.
     pub uri: http::Uri,
+    /// An upload's body, not read yet: the handler streams it to storage.
+    pub upload: Option<axum::body::Body>,
+    /// To be set by the handler once it read the upload to its end.
+    pub upload_consumed: Option<crate::BodyConsumed>,
 }
 
 impl<R> Ruma<R> {
@@ -125,8 +129,8 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
 pub enum BodyKind {
     /// A JSON object (or nothing), bounded by `max_request_bytes`.
     Json,
-    /// The raw bytes of a file (media uploads), bounded by `max_upload_bytes`
-    /// and kept only in the parsed request.
+    /// The raw bytes of a file (media uploads), bounded by `max_upload_bytes`,
+    /// handed to the handler unread ([`Ruma::upload`]).
     Upload,
 }
 
@@ -201,10 +205,19 @@ where
                     )
             }
         };
-        if read && let Some(c) = &consumed {
+        // An upload's body is read by its handler, which says when it was.
+        if read
+            && kind == BodyKind::Json
+            && let Some(c) = &consumed
+        {
             c.set();
         }
-        result
+        result.map(|mut r| {
+            if kind == BodyKind::Upload {
+                r.upload_consumed = consumed;
+            }
+            r
+        })
     }
 
     /// The work of [`extract`](Self::extract). On an error, the body if it
@@ -294,11 +307,15 @@ where
             }
             return Err((Error::too_large(too_large_message(kind, limit)), left));
         }
-        // A body that could not be read through (over the limit, or cut
-        // off) leaves the connection unusable.
-        let bytes = match axum::body::to_bytes(body, limit).await {
-            Ok(b) => b,
-            Err(_) => return Err((Error::too_large(too_large_message(kind, limit)), BodyLeft::Dropped)),
+        // An upload goes to the handler unread, to be streamed to storage.
+        let (bytes, upload) = match kind {
+            BodyKind::Upload => (bytes::Bytes::new(), Some(body)),
+            // A body that could not be read through (over the limit, or cut
+            // off) leaves the connection unusable.
+            BodyKind::Json => match axum::body::to_bytes(body, limit).await {
+                Ok(b) => (b, None),
+                Err(e) => return Err((body_error(&e, kind, limit), BodyLeft::Dropped)),
+            },
         };
 
         if kind == BodyKind::Json
@@ -352,11 +369,9 @@ where
             client_ip,
             origin,
             uri,
-            // An upload is in the parsed request already; no second copy.
-            raw_body: match kind {
-                BodyKind::Json => body_bytes,
-                BodyKind::Upload => bytes::Bytes::new(),
-            },
+            raw_body: body_bytes,
+            upload,
+            upload_consumed: None,
         })
     }
 }
@@ -412,6 +427,26 @@ const EARLY_REFUSAL_DRAIN_BYTES: u64 = 64 * 1024;
 
 /// The largest refused body still read to its end before the 413 is sent.
 const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Why a body could not be read through: too large, too slow, or cut off.
+pub(crate) fn body_error(e: &(dyn std::error::Error + 'static), kind: BodyKind, limit: usize) -> Error {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<crate::listener::BodyTimedOut>() {
+            return Error::Matrix {
+                status: http::StatusCode::REQUEST_TIMEOUT,
+                errcode: "M_UNKNOWN",
+                message: c.to_string(),
+                extra: None,
+            };
+        }
+        if c.is::<http_body_util::LengthLimitError>() {
+            return Error::too_large(too_large_message(kind, limit));
+        }
+        cause = c.source();
+    }
+    Error::bad_json(format!("The request body could not be read: {e}"))
+}
 
 fn too_large_message(kind: BodyKind, limit: usize) -> String {
     match kind {

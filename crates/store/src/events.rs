@@ -69,16 +69,114 @@ fn load_state_group(c: &Connection<'_>, group: i64) -> Result<StateMap> {
 
 impl Store {
     fn cached_state(&self, group: i64) -> Option<Arc<StateMap>> {
-        self.inner.state_cache.lock().ok()?.get(&group).cloned()
+        self.inner.state_cache.lock().ok()?.get(group)
     }
 
     fn cache_state(&self, group: i64, map: Arc<StateMap>) {
         if let Ok(mut c) = self.inner.state_cache.lock() {
-            if c.len() > 2_000 {
-                c.clear();
-            }
             c.insert(group, map);
         }
+    }
+
+    /// The bytes the cache of room states may hold.
+    pub fn set_state_cache_bytes(&self, budget: usize) {
+        if let Ok(mut c) = self.inner.state_cache.lock() {
+            c.set_budget(budget);
+        }
+    }
+
+    /// Some entries of a state group's state, without reading the rest:
+    /// what deciding one event's visibility needs, whatever the room's size.
+    pub async fn state_ids_at_group_for(
+        &self,
+        group: i64,
+        keys: Vec<(String, String)>,
+    ) -> Result<std::collections::HashMap<(String, String), OwnedEventId>> {
+        if let Some(m) = self.cached_state(group) {
+            return Ok(keys
+                .into_iter()
+                .filter_map(|(t, k)| {
+                    let e = m.get(&(StateEventType::from(t.as_str()), k.clone()))?.clone();
+                    Some(((t, k), e))
+                })
+                .collect());
+        }
+        if keys.is_empty() {
+            return Ok(Default::default());
+        }
+        let cached = self.inner.chain_cache.lock().ok().and_then(|c| c.get(group));
+        let chain = match cached {
+            Some(chain) => chain,
+            None => {
+                // The group's delta chain (at most MAX_CHAIN long), nearest first.
+                let chain: Arc<[i64]> = self
+                    .read(move |c| {
+                        c.query_map(
+                            "WITH RECURSIVE chain(id, depth) AS ( \
+                               SELECT CAST(?1 AS BIGINT), 0 \
+                               UNION ALL SELECT g.prev_id, c.depth + 1 FROM state_groups g JOIN chain c ON g.id = c.id \
+                               WHERE g.prev_id IS NOT NULL) \
+                             SELECT id FROM chain ORDER BY depth",
+                            [group],
+                            |r| r.get::<_, i64>(0),
+                        )?
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(Into::into)
+                    })
+                    .await?
+                    .into();
+                if let Ok(mut c) = self.inner.chain_cache.lock() {
+                    c.insert(group, chain.clone());
+                }
+                chain
+            }
+        };
+        self.read(move |c| {
+            // …then the entries for the keys asked in those groups, each
+            // found by the primary key: the nearest group naming a key wins.
+            let groups: Vec<String> = (0..chain.len()).map(|i| format!("?{}", i + 1)).collect();
+            let wanted: Vec<String> = (0..keys.len())
+                .map(|i| {
+                    let at = chain.len() + 2 * i + 1;
+                    format!("(type = ?{at} AND state_key = ?{})", at + 1)
+                })
+                .collect();
+            let sql = format!(
+                "SELECT group_id, type, state_key, event_id FROM state_group_entries \
+                 WHERE group_id IN ({}) AND ({})",
+                groups.join(", "),
+                wanted.join(" OR ")
+            );
+            let mut values: Vec<crate::db::Value> = chain.iter().map(|g| crate::db::Value::Int(*g)).collect();
+            for (t, k) in &keys {
+                values.push(crate::db::Value::Text(t.clone()));
+                values.push(crate::db::Value::Text(k.clone()));
+            }
+            let depth = |g: i64| chain.iter().position(|x| *x == g).unwrap_or(usize::MAX);
+            let mut found: std::collections::HashMap<(String, String), (usize, OwnedEventId)> =
+                std::collections::HashMap::new();
+            let rows = c.query_map(&sql, crate::db::params_from_iter(values), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (g, t, k, e) = row?;
+                let e = OwnedEventId::try_from(e).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let d = depth(g);
+                match found.get(&(t.clone(), k.clone())) {
+                    Some((nearer, _)) if *nearer <= d => {}
+                    _ => {
+                        found.insert((t, k), (d, e));
+                    }
+                }
+            }
+            Ok(found.into_iter().map(|(key, (_, e))| (key, e)).collect())
+        })
+        .await
     }
 
     /// The full state of a state group (the state after some event).

@@ -21,6 +21,7 @@ mod misc;
 pub mod push;
 pub mod search;
 pub mod server_keys;
+pub mod state_cache;
 mod store;
 pub mod types;
 

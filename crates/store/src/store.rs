@@ -9,7 +9,6 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
     path::Path,
     sync::{
         Arc, Mutex, Weak,
@@ -18,7 +17,6 @@ use std::{
     time::Duration,
 };
 
-use missive_core::auth::StateMap;
 use postgres::fallible_iterator::FallibleIterator;
 use rusqlite::OpenFlags;
 
@@ -54,7 +52,8 @@ pub(crate) struct Inner {
     /// Connections that hold room leases, idle ones kept for the next.
     lease_conns: Mutex<Vec<PgClient>>,
     lease_slots: Arc<tokio::sync::Semaphore>,
-    pub(crate) state_cache: Mutex<HashMap<i64, Arc<StateMap>>>,
+    pub(crate) state_cache: Mutex<crate::state_cache::StateCache>,
+    pub(crate) chain_cache: Mutex<crate::state_cache::ChainCache>,
 }
 
 // One per store: the size difference between the variants does not matter.
@@ -222,7 +221,10 @@ impl Store {
                 messages: tokio::sync::broadcast::channel(1024).0,
                 lease_conns: Mutex::new(Vec::new()),
                 lease_slots: Arc::new(tokio::sync::Semaphore::new(LEASES)),
-                state_cache: Mutex::new(HashMap::new()),
+                state_cache: Mutex::new(crate::state_cache::StateCache::new(
+                    crate::state_cache::DEFAULT_STATE_CACHE_BYTES,
+                )),
+                chain_cache: Mutex::new(Default::default()),
             }),
         }
     }

@@ -48,6 +48,12 @@ pub trait MediaBackend: Send + Sync + 'static {
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, io::Result<()>>;
     /// The bytes stored under `key`, `None` if there are none.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>>;
+    /// A new, empty file where an upload's bytes are written as they
+    /// arrive, and its path for [`put_file`](Self::put_file).
+    fn stage(&self) -> io::Result<(PathBuf, std::fs::File)>;
+    /// Stores the file `staged` (from [`stage`](Self::stage), written and
+    /// closed) under `key`, durably, and removes it from the stage.
+    fn put_file<'a>(&'a self, key: &'a str, staged: PathBuf) -> BoxFuture<'a, io::Result<()>>;
 }
 
 /// Media in a local directory, one file per key.
@@ -95,6 +101,39 @@ impl MediaBackend for FsBackend {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e),
             }
+        })
+    }
+
+    /// Under the media root, so that storing is a rename; no key starts
+    /// with a dot, so the stage is never mistaken for media.
+    fn stage(&self) -> io::Result<(PathBuf, std::fs::File)> {
+        let dir = self.root.join(".uploading");
+        create_dirs_durably(&dir)?;
+        let path = dir.join(format!("{}.part", random_string(16)));
+        let file = std::fs::File::create_new(&path)?;
+        Ok((path, file))
+    }
+
+    fn put_file<'a>(&'a self, key: &'a str, staged: PathBuf) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            tokio::task::spawn_blocking(move || {
+                let moved = (|| {
+                    std::fs::File::open(&staged)?.sync_all()?;
+                    let dir = path
+                        .parent()
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "media path without a directory"))?;
+                    create_dirs_durably(dir)?;
+                    std::fs::rename(&staged, &path)?;
+                    std::fs::File::open(dir)?.sync_all()
+                })();
+                if moved.is_err() {
+                    let _ = std::fs::remove_file(&staged);
+                }
+                moved
+            })
+            .await
+            .map_err(io::Error::other)?
         })
     }
 }
@@ -170,11 +209,31 @@ impl Media {
     }
 }
 
-/// What an upload carries besides its bytes.
+/// An upload: its bytes and what comes with them.
 pub struct Upload {
     pub content_type: Option<String>,
     pub filename: Option<String>,
-    pub data: Vec<u8>,
+    pub data: UploadData,
+}
+
+/// Where an upload's bytes come from.
+pub enum UploadData {
+    /// Already in memory (a fetched preview image, another server's file).
+    Bytes(Vec<u8>),
+    /// Still arriving from the client: written to the stage as they come,
+    /// never held whole in memory.
+    Body(axum::body::Body),
+}
+
+/// A staged file removed unless it was stored.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// A file to serve.
@@ -260,25 +319,74 @@ impl App {
 
     /// Stores the bytes durably; their key is their SHA-256 (hex).
     async fn store_content(&self, upload: Upload) -> Result<MediaContent> {
-        if upload.data.len() > self.config.max_upload_bytes {
-            return Err(Error::too_large(format!(
-                "Upload larger than this server's limit of {} bytes",
-                self.config.max_upload_bytes
-            )));
-        }
-        let sha256 = hex(&Sha256::digest(&upload.data));
-        let size = upload.data.len() as i64;
-        self.media
-            .backend
-            .put(&content_key(&sha256), Bytes::from(upload.data))
-            .await
-            .map_err(|e| Error::Internal(format!("storing media: {e}")))?;
+        let max = self.config.max_upload_bytes;
+        let too_large = || Error::too_large(format!("Upload larger than this server's limit of {max} bytes"));
+        let (sha256, size) = match upload.data {
+            UploadData::Bytes(data) => {
+                if data.len() > max {
+                    return Err(too_large());
+                }
+                let sha256 = hex(&Sha256::digest(&data));
+                let size = data.len() as i64;
+                self.media
+                    .backend
+                    .put(&content_key(&sha256), Bytes::from(data))
+                    .await
+                    .map_err(|e| Error::Internal(format!("storing media: {e}")))?;
+                (sha256, size)
+            }
+            UploadData::Body(body) => self.store_streamed(body, max).await?,
+        };
         Ok(MediaContent {
             content_type: non_empty(upload.content_type),
             filename: non_empty(upload.filename),
             size,
             sha256,
         })
+    }
+
+    /// Writes a body to the stage as it arrives, hashing it on the way,
+    /// then stores the file under its hash: memory holds one piece at a
+    /// time, whatever the file's size.
+    async fn store_streamed(&self, mut body: axum::body::Body, max: usize) -> Result<(String, i64)> {
+        use http_body_util::BodyExt;
+        use tokio::io::AsyncWriteExt;
+        let backend = self.media.backend.clone();
+        let (path, file) = tokio::task::spawn_blocking(move || backend.stage())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| Error::Internal(format!("staging an upload: {e}")))?;
+        let mut staged = Staged(Some(path.clone()));
+        let mut file = tokio::fs::File::from_std(file);
+        let mut hasher = Sha256::new();
+        let mut size = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| crate::ruma_wrapper::body_error(&e, crate::ruma_wrapper::BodyKind::Upload, max))?;
+            let Ok(chunk) = frame.into_data() else { continue };
+            size += chunk.len();
+            if size > max {
+                return Err(Error::too_large(format!(
+                    "Upload larger than this server's limit of {max} bytes"
+                )));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::Internal(format!("staging an upload: {e}")))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::Internal(format!("staging an upload: {e}")))?;
+        drop(file);
+        let sha256 = hex(&hasher.finalize());
+        self.media
+            .backend
+            .put_file(&content_key(&sha256), path)
+            .await
+            .map_err(|e| Error::Internal(format!("storing media: {e}")))?;
+        staged.0 = None;
+        Ok((sha256, size as i64))
     }
 
     /// `POST /media/v3/upload`: stores a file under a new media ID.
@@ -580,7 +688,7 @@ impl App {
             .store_content(Upload {
                 content_type: content.content_type,
                 filename,
-                data: content.file,
+                data: UploadData::Bytes(content.file),
             })
             .await?;
         let meta = RemoteMedia {

@@ -174,10 +174,17 @@ impl App {
         user: &UserId,
         group: i64,
     ) -> Result<(HistoryVisibility, Option<String>)> {
-        let state = self.store.state_at_group(group).await?;
+        // Two entries of the state, not all of it: a page of a room with
+        // thousands of members costs what it does in a small room.
+        let hv_key = ("m.room.history_visibility".to_owned(), String::new());
+        let member_key = ("m.room.member".to_owned(), user.to_string());
+        let state = self
+            .store
+            .state_ids_at_group_for(group, vec![hv_key.clone(), member_key.clone()])
+            .await?;
         let mut ids = vec![];
-        let hv_id = state.get(&("m.room.history_visibility".into(), String::new())).cloned();
-        let member_id = state.get(&("m.room.member".into(), user.to_string())).cloned();
+        let hv_id = state.get(&hv_key).cloned();
+        let member_id = state.get(&member_key).cloned();
         ids.extend(hv_id.iter().map(|e| e.to_string()));
         ids.extend(member_id.iter().map(|e| e.to_string()));
         let loaded = self.store.events(ids).await?;
@@ -240,15 +247,21 @@ impl App {
     /// have none. One look-up per distinct member event, not per event.
     async fn memberships_after(&self, user: &UserId, events: &[StoredEvent]) -> Result<Vec<String>> {
         let mut member_ids = Vec::with_capacity(events.len());
+        let key = ("m.room.member".to_owned(), user.to_string());
+        let mut by_group: HashMap<i64, Option<OwnedEventId>> = HashMap::new();
         for ev in events {
             let id = if is_own_membership(user, ev) {
                 None
+            } else if let Some(id) = by_group.get(&ev.state_group) {
+                id.clone()
             } else {
-                self.store
-                    .state_at_group(ev.state_group)
+                let id = self
+                    .store
+                    .state_ids_at_group_for(ev.state_group, vec![key.clone()])
                     .await?
-                    .get(&("m.room.member".into(), user.to_string()))
-                    .cloned()
+                    .remove(&key);
+                by_group.insert(ev.state_group, id.clone());
+                id
             };
             member_ids.push(id);
         }

@@ -25,7 +25,13 @@ use serde_json::{Map, Value};
 
 use crate::{
     App, Error, Result,
-    services::{accounts::now_ms, addresses::allowed, media::Upload, opengraph, ratelimit::Action},
+    services::{
+        accounts::now_ms,
+        addresses::allowed,
+        media::{Upload, UploadData},
+        opengraph,
+        ratelimit::Action,
+    },
 };
 
 /// Longest a whole preview (lookups, redirects, body, image) may take.
@@ -178,7 +184,7 @@ impl App {
                 Upload {
                     content_type: Some(content_type.clone()),
                     filename: None,
-                    data: img.body,
+                    data: UploadData::Bytes(img.body),
                 },
             )
             .await?;

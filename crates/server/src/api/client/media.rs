@@ -33,7 +33,7 @@ use crate::{
     App, Error, Result,
     ruma_wrapper::Ruma,
     services::{
-        media::{Served, Upload},
+        media::{Served, Upload, UploadData},
         thumbnail::{self, Size},
     },
 };
@@ -176,10 +176,13 @@ pub async fn upload(app: App, req: Ruma<create_content::v3::Request>) -> Result<
             Upload {
                 content_type: body.content_type,
                 filename: body.filename,
-                data: body.file,
+                data: UploadData::Body(req.upload.unwrap_or_default()),
             },
         )
         .await?;
+    if let Some(c) = req.upload_consumed {
+        c.set();
+    }
     Ok(create_content::v3::Response::new(uri))
 }
 
@@ -217,10 +220,13 @@ pub async fn upload_async(app: App, req: Ruma<create_content_async::v3::Request>
         Upload {
             content_type: body.content_type,
             filename: body.filename,
-            data: body.file,
+            data: UploadData::Body(req.upload.unwrap_or_default()),
         },
     )
     .await?;
+    if let Some(c) = req.upload_consumed {
+        c.set();
+    }
     Ok(Uploaded)
 }
 
