@@ -594,6 +594,22 @@ impl FakeServer {
         sign_pdu_with(&new_key("fake1"), &self.name, pdu, room_version)
     }
 
+    /// A join of `user` to `room` on `dest`, made from its `make_join`
+    /// template and signed: its event ID and the PDU, for `send_join`.
+    pub async fn signed_join(&self, dest: &str, room: &str, user: &str) -> (String, Value) {
+        let uri = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+            crate::common::enc(room),
+            crate::common::enc(user)
+        );
+        let (status, template) = self.request("GET", dest, &uri, None).await;
+        assert_eq!(status, 200, "{template}");
+        let mut join = template["event"].clone();
+        join["origin_server_ts"] = now_ms().into();
+        let version = template["room_version"].as_str().unwrap_or("1").to_owned();
+        self.sign_pdu(join, &version)
+    }
+
     /// Sends a signed federation request to `dest` (a server name reached
     /// at `https://<dest>`).
     pub async fn request(&self, method: &str, dest: &str, uri: &str, content: Option<Value>) -> (u16, Value) {

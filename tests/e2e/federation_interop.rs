@@ -199,22 +199,7 @@ async fn older_federation_endpoints() {
 
     // v1 send_join: the v2 answer behind its status code.
     let mallory = fake.user("mallory");
-    let (status, template) = fake
-        .request(
-            "GET",
-            &dest,
-            &format!(
-                "/_matrix/federation/v1/make_join/{}/{}?ver=12",
-                enc(&room),
-                enc(&mallory)
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{template}");
-    let mut join = template["event"].clone();
-    join["origin_server_ts"] = now_ms().into();
-    let (join_id, join) = fake.sign_pdu(join, "12");
+    let (join_id, join) = fake.signed_join(&dest, &room, &mallory).await;
     let (status, answer) = fake
         .request(
             "PUT",

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::common::{Raw, RawBody, TestServer, enc, request};
-use crate::fed_harness::{FedOpts, FedServer};
+use crate::fed_harness::{FedOpts, FedServer, test_ca};
 
 /// One request of the script and what came of it.
 #[derive(Debug, PartialEq)]
@@ -505,13 +505,23 @@ async fn nobody_makes_the_server_connect_to_private_addresses() {
     let alice = Raw::register(&server, "alice").await;
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = target.local_addr().unwrap().port();
-    let http = reqwest::Client::new();
+    let http = test_ca().client();
 
-    // The notary, unauthenticated, one server and a batch.
+    // The server-server API is not on the plain client port at all…
+    let r = request(
+        &reqwest::Client::new(),
+        "GET",
+        &format!("{}/_matrix/key/v2/query/127.0.0.1:{port}", server.url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
+    // …and on its own listener the notary, unauthenticated, one server and a batch.
     let r = request(
         &http,
         "GET",
-        &format!("{}/_matrix/key/v2/query/127.0.0.1:{port}", server.url),
+        &format!("{}/_matrix/key/v2/query/127.0.0.1:{port}", server.fed_url()),
         None,
         None,
     )
@@ -524,7 +534,7 @@ async fn nobody_makes_the_server_connect_to_private_addresses() {
     let r = request(
         &http,
         "POST",
-        &format!("{}/_matrix/key/v2/query", server.url),
+        &format!("{}/_matrix/key/v2/query", server.fed_url()),
         None,
         Some(RawBody::Json(json!({ "server_keys": batch }))),
     )
@@ -578,9 +588,9 @@ async fn a_notary_batch_contacts_few_servers_and_answers_the_rest_from_memory() 
         .map(|i| (format!("127.0.0.{}:{port}", i + 2), json!({})))
         .collect();
     let r = request(
-        &reqwest::Client::new(),
+        &test_ca().client(),
         "POST",
-        &format!("{}/_matrix/key/v2/query", server.url),
+        &format!("{}/_matrix/key/v2/query", server.fed_url()),
         None,
         Some(RawBody::Json(json!({ "server_keys": batch }))),
     )
@@ -692,4 +702,114 @@ async fn malformed_critical_state_is_refused_and_a_refused_room_is_not_made() {
             Some(json!({ "allow": ["*"], "deny": ["evil.example"] })),
         )
         .await;
+}
+
+/// A server in a room cannot graft events onto a past nobody can check,
+/// nor fork the room without bound: an event whose `prev_events` are
+/// unknown (and whose state its sender cannot give) is not taken, nor one
+/// naming more than 20, and events built here merge at most 20 forks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_server_cannot_graft_or_fork_without_bound() {
+    use crate::fed_harness::{FakeServer, now_ms};
+    let fake = FakeServer::start().await;
+    let a = FedServer::start().await;
+    let alice = Raw::register(&a, "alice").await;
+    let dest = a.server_name().to_owned();
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mallory = fake.user("mallory");
+
+    // Mallory joins through the usual make_join / send_join.
+    let (join_id, join) = fake.signed_join(&dest, &room, &mallory).await;
+    let (status, body) = fake
+        .request(
+            "PUT",
+            &dest,
+            &format!("/_matrix/federation/v2/send_join/{}/{}", enc(&room), enc(&join_id)),
+            Some(join.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let auth_events: Vec<String> = body["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.power_levels")
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .chain([join_id.clone()])
+        .collect();
+    let message = |body: &str, prev_events: Vec<String>| {
+        json!({
+            "room_id": room, "sender": mallory, "origin_server_ts": now_ms(),
+            "type": "m.room.message", "content": { "msgtype": "m.text", "body": body },
+            "depth": 10, "prev_events": prev_events, "auth_events": auth_events,
+        })
+    };
+    let send = |txn: &'static str, pdus: Vec<Value>| {
+        let fake = &fake;
+        let dest = dest.clone();
+        async move {
+            let (status, body) = fake
+                .request(
+                    "PUT",
+                    &dest,
+                    &format!("/_matrix/federation/v1/send/{txn}"),
+                    Some(json!({ "origin": fake.name, "origin_server_ts": now_ms(), "pdus": pdus })),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+
+    // An unknown past, which its sender cannot give (`/state_ids` fails).
+    let (grafted, pdu) = fake.sign_pdu(message("grafted onto nothing", vec!["$nowhere".into()]), "12");
+    let body = send("graft", vec![pdu]).await;
+    assert!(body["pdus"][&grafted]["error"].is_string(), "{body}");
+    // Twenty-one prev_events.
+    let many: Vec<String> = (0..21).map(|_| join_id.clone()).collect();
+    let (wide, pdu) = fake.sign_pdu(message("merging everything", many), "12");
+    let body = send("wide", vec![pdu]).await;
+    assert!(
+        body["pdus"][&wide]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("prev_events")),
+        "{body}"
+    );
+    let page = alice
+        .ok(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)),
+            None,
+        )
+        .await
+        .to_string();
+    for text in ["grafted onto nothing", "merging everything"] {
+        assert!(!page.contains(text), "{text} reached the room");
+    }
+
+    // Twenty-five forks off the join, all valid, then a local message: it
+    // merges twenty of them (what other servers accept), not all.
+    let forks: Vec<Value> = (0..25)
+        .map(|i| {
+            fake.sign_pdu(message(&format!("fork {i}"), vec![join_id.clone()]), "12")
+                .1
+        })
+        .collect();
+    let body = send("forks", forks).await;
+    let errors: Vec<&Value> = body["pdus"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|r| r["error"].is_string())
+        .collect();
+    assert!(errors.is_empty(), "{body}");
+    let sent = alice.send_text(&room, "merge", "after the forks").await;
+    assert_eq!(sent.status, 200);
+    let id = sent.body["event_id"].as_str().unwrap();
+    let (status, got) = fake
+        .request("GET", &dest, &format!("/_matrix/federation/v1/event/{}", enc(id)), None)
+        .await;
+    assert_eq!(status, 200, "{got}");
+    let prev = got["pdus"][0]["prev_events"].as_array().unwrap().len();
+    assert_eq!(prev, 20, "{got}");
 }

@@ -215,3 +215,144 @@ async fn naming_a_file_in_another_room_does_not_open_it() {
         .unwrap();
     assert_eq!(got.status(), 200);
 }
+
+/// The access log names every request, and no credential: not a password
+/// from a body, not a token from a header, a query string or a response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_shows_requests_and_never_a_credential() {
+    use crate::common::{RawBody, password, request};
+    let server = TestServer::start_with(&[("MISSIVE_LOG", "info")]).await;
+    let alice = Raw::register(&server, "alice").await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", server.url);
+    let post = |path: &str, body: Value| {
+        let (http, url) = (http.clone(), url(path));
+        async move { request(&http, "POST", &url, None, Some(RawBody::Json(body))).await }
+    };
+    let mut secrets = vec![password("alice"), alice.token.clone()];
+
+    let login = post(
+        "/_matrix/client/v3/login",
+        json!({
+            "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" },
+            "password": password("alice"), "refresh_token": true
+        }),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    let token = login.body["access_token"].as_str().unwrap().to_owned();
+    let refresh = login.body["refresh_token"].as_str().unwrap().to_owned();
+    secrets.extend([token.clone(), refresh.clone()]);
+    // A token in the query string, the old way some clients still use.
+    let r = request(
+        &http,
+        "GET",
+        &url(&format!(
+            "/_matrix/client/v3/account/whoami?access_token={}",
+            enc(&token)
+        )),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = post("/_matrix/client/v3/refresh", json!({ "refresh_token": refresh })).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    secrets.push(r.body["access_token"].as_str().unwrap().to_owned());
+    // A wrong password, and a login token handed out after typing it again.
+    let r = post(
+        "/_matrix/client/v3/login",
+        json!({
+            "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" },
+            "password": "a-wrong-guess-xyzzy"
+        }),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    secrets.push("a-wrong-guess-xyzzy".into());
+    let first = alice
+        .call("POST", "/_matrix/client/v1/login/get_token", Some(json!({})))
+        .await;
+    let session = first.body["session"].as_str().unwrap_or_default().to_owned();
+    let got = alice
+        .ok(
+            "POST",
+            "/_matrix/client/v1/login/get_token",
+            Some(json!({ "auth": {
+                "type": "m.login.password", "session": session,
+                "identifier": { "type": "m.id.user", "user": "alice" }, "password": password("alice")
+            } })),
+        )
+        .await;
+    secrets.push(got["login_token"].as_str().unwrap().to_owned());
+    let room = alice.create_room(json!({})).await;
+    alice.ok("GET", &room_path(&room, "messages?dir=b&limit=5"), None).await;
+
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = server.log();
+    let access: Vec<&str> = log.lines().filter(|l| l.contains("missive::access")).collect();
+    // Each request is there, with its outcome and who made it.
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("/account/whoami?access_token=<redacted>") && l.contains("status=200")),
+        "{log}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("/messages?dir=b&limit=5") && l.contains(&alice.user_id) && l.contains("ms=")),
+        "{log}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("POST") && l.contains("/login") && l.contains("status=403")),
+        "{log}"
+    );
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "{secret} is in the log:\n{log}");
+    }
+}
+
+/// An invitee sees the room as it was when invited: a rename or a new
+/// topic afterwards is for members, which they are not yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_state_is_the_room_at_the_invite() {
+    let server = TestServer::start().await;
+    let alice = Raw::register(&server, "alice").await;
+    let leo = Raw::register(&server, "leo").await;
+    let room = alice.create_room(json!({ "name": "Budget review" })).await;
+    alice
+        .ok(
+            "POST",
+            &room_path(&room, "invite"),
+            Some(json!({ "user_id": leo.user_id })),
+        )
+        .await;
+    for (kind, content) in [
+        ("m.room.name", json!({ "name": "Layoffs 2027" })),
+        ("m.room.topic", json!({ "topic": "names inside" })),
+    ] {
+        alice
+            .ok("PUT", &room_path(&room, &format!("state/{kind}/")), Some(content))
+            .await;
+    }
+    let sync = leo.sync(None, 0).await;
+    let invite = &sync["rooms"]["invite"][&room];
+    assert!(mentions(invite, "Budget review"), "{invite}");
+    assert!(mentions(invite, &alice.user_id), "the inviter is named: {invite}");
+    for later in ["Layoffs 2027", "names inside"] {
+        assert!(!mentions(&sync, later), "{later} reached the invitee: {sync}");
+    }
+    // Sliding sync shows the same invite.
+    let sliding = leo
+        .ok(
+            "POST",
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Some(json!({ "lists": { "all": { "ranges": [[0, 10]], "timeline_limit": 1 } } })),
+        )
+        .await;
+    assert!(mentions(&sliding, "Budget review"), "{sliding}");
+    assert!(!mentions(&sliding, "Layoffs 2027"), "{sliding}");
+}

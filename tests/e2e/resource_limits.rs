@@ -339,3 +339,70 @@ async fn reading_a_room_with_thousands_of_state_events_stays_within_the_cache_bu
     );
     assert!(grew < 48 * MIB, "the server grew by {} MiB", grew / MIB);
 }
+
+/// Requests the HTTP parser itself refuses (not HTTP, an over-long URI,
+/// too many or too large headers, a broken Content-Length) get a Matrix
+/// error like every other refusal, and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_http_parser_refuses_get_a_matrix_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: a\r\n")).collect();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"HELLO\r\n\r\n".to_vec(), 400, "M_UNKNOWN"),
+        (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(), 400, "M_UNKNOWN"),
+        (
+            b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            400,
+            "M_UNKNOWN",
+        ),
+        (
+            format!(
+                "GET /_matrix/client/versions?x={} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "a".repeat(70_000)
+            )
+            .into_bytes(),
+            414,
+            "M_TOO_LARGE",
+        ),
+        (
+            format!("GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+            "M_TOO_LARGE",
+        ),
+        (
+            format!(
+                "GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nX-A: {}\r\n\r\n",
+                "a".repeat(500_000)
+            )
+            .into_bytes(),
+            431,
+            "M_TOO_LARGE",
+        ),
+    ];
+    for (request, status, errcode) in cases {
+        let mut conn = connect(&server).await;
+        // The server may answer and close before the whole request is sent.
+        let _ = conn.write_all(&request).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status} expected: {answer}"
+        );
+        let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("no JSON body ({e}): {answer}"));
+        assert_eq!(body["errcode"], errcode, "{answer}");
+    }
+    // Well-formed requests are answered as before.
+    let r = crate::common::request(
+        &reqwest::Client::new(),
+        "GET",
+        &format!("{}/_matrix/client/versions", server.url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}

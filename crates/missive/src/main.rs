@@ -88,6 +88,9 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_env("MISSIVE_LOG").unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
         )
+        // Colours only for a person at a terminal: a journal or a file
+        // gets plain lines that grep and log shippers read.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     // Panics are caught per request (a 500 or, for ruma's parsers, a 400);
     // log them through tracing rather than as raw stderr text.

@@ -176,6 +176,12 @@ pub struct FederationConfig {
     /// `@a:gouv.example` while federation runs on `matrix.gouv.example:443`).
     /// Unset, that document is not served.
     pub well_known_server: Option<String>,
+    /// Also answer the server-server API on the client listener (plain
+    /// HTTP), for a reverse proxy that terminates TLS on port 443 or 8448
+    /// and forwards everything there. Off, other servers reach it only
+    /// through the TLS listener, and nobody on the client port can make
+    /// this server act as a notary or take a federation request.
+    pub on_client_listener: bool,
 }
 
 impl Default for FederationConfig {
@@ -189,6 +195,7 @@ impl Default for FederationConfig {
             key_valid_secs: 7 * 24 * 3600,
             ip_allowlist: vec![],
             well_known_server: None,
+            on_client_listener: false,
         }
     }
 }
@@ -383,6 +390,9 @@ impl Config {
         }
         if let Some(v) = get("MISSIVE_FEDERATION_CA") {
             fed.ca_file = Some(v.into());
+        }
+        if let Some(v) = get("MISSIVE_FEDERATION_ON_CLIENT_LISTENER") {
+            fed.on_client_listener = matches!(v.as_str(), "1" | "true" | "on" | "yes");
         }
         if let Some(v) = get("MISSIVE_FEDERATION_IP_ALLOWLIST") {
             fed.ip_allowlist = ip_ranges(&v).map_err(|e| format!("MISSIVE_FEDERATION_IP_ALLOWLIST: {e}"))?;

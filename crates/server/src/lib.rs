@@ -3,6 +3,7 @@
 //! handler needs comes from [`App`], so a test can run several servers in
 //! one process.
 
+pub mod access_log;
 pub mod api;
 pub mod config;
 pub mod error;
@@ -18,7 +19,7 @@ use ruma::{OwnedServerName, signatures::Ed25519KeyPair};
 
 pub use config::{Config, Registration};
 pub use error::{Error, Result};
-pub use router::{BodyConsumed, router};
+pub use router::{BodyConsumed, federation_router, router};
 
 use services::{media::Media, presence::Presence, rooms::RoomLocks, typing::Typing, uia::UiaSessions};
 
@@ -156,5 +157,13 @@ pub async fn serve_federation(
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(services::federation::tls_server_config(&app.config.federation)?);
     let limits = connection_limits(&app.config);
-    listener::serve("federation", listener, router(app), Some(acceptor), limits, shutdown).await
+    listener::serve(
+        "federation",
+        listener,
+        federation_router(app),
+        Some(acceptor),
+        limits,
+        shutdown,
+    )
+    .await
 }

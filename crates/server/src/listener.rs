@@ -155,6 +155,11 @@ struct FirstBytes<S> {
     /// Until the first bytes tell the version.
     deadline: Option<Pin<Box<Sleep>>>,
     received: usize,
+    /// A Matrix error being written in place of hyper's, and how much of
+    /// it is out.
+    replacement: Option<(Vec<u8>, usize)>,
+    /// Set once a replacement was written: nothing is looked at after it.
+    replaced: bool,
 }
 
 /// The HTTP/2 connection preface: what a peer must send before the version is known.
@@ -166,6 +171,8 @@ impl<S> FirstBytes<S> {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             received: 0,
+            replacement: None,
+            replaced: false,
         }
     }
 }
@@ -203,17 +210,97 @@ impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> FirstBytes<S> {
+    /// Writes what replaces one of hyper's own error answers; ready once
+    /// all of it is out.
+    fn drain_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((bytes, at)) = &mut self.replacement {
+            if *at == bytes.len() {
+                self.replacement = None;
+                self.replaced = true;
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// When `head` is hyper's answer to a request it could not parse, starts
+    /// writing a Matrix error in its place and says so.
+    fn replace_parse_error(&mut self, head: &[u8]) -> bool {
+        if self.replaced || self.replacement.is_some() {
+            return self.replacement.is_some();
+        }
+        let Some(answer) = matrix_parse_error(head) else {
+            return false;
+        };
+        self.replacement = Some((answer, 0));
+        true
+    }
+}
+
+/// hyper answers a request it cannot parse (an over-long URI, too many or
+/// too large headers, bytes that are not HTTP) itself, with an empty body
+/// and no way to change it. Its answer is recognised by its exact head,
+/// which nothing the router answers starts with (every routed response
+/// starts with its content type or CORS headers), and a Matrix error with
+/// the same status takes its place, so that every answer carries an
+/// `errcode`.
+fn matrix_parse_error(head: &[u8]) -> Option<Vec<u8>> {
+    const ERRORS: [(&str, &str, &str); 3] = [
+        ("400 Bad Request", "M_UNKNOWN", "The request is not valid HTTP"),
+        ("414 URI Too Long", "M_TOO_LARGE", "The request URI is too long"),
+        (
+            "431 Request Header Fields Too Large",
+            "M_TOO_LARGE",
+            "The request headers are too large or too many",
+        ),
+    ];
+    if !head.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
+    ERRORS.iter().find_map(|(status, errcode, error)| {
+        let prefix = format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n");
+        if !head.starts_with(prefix.as_bytes()) {
+            return None;
+        }
+        let body = serde_json::json!({ "errcode": errcode, "error": error }).to_string();
+        Some(
+            format!(
+                "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-type: application/json\r\n\
+                 access-control-allow-origin: *\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    })
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.replace_parse_error(buf) {
+            // hyper's head is taken as written; the connection closes after it.
+            return this.drain_replacement(cx).map_ok(|()| buf.len());
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        std::task::ready!(this.drain_replacement(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        std::task::ready!(this.drain_replacement(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -221,7 +308,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let first = bufs.iter().find(|b| !b.is_empty()).map(|b| &b[..]).unwrap_or_default();
+        if this.replace_parse_error(first) {
+            let all = bufs.iter().map(|b| b.len()).sum();
+            return this.drain_replacement(cx).map_ok(|()| all);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

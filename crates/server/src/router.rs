@@ -16,7 +16,27 @@ use ruma::api::client::{
 
 use crate::{App, Error, api::client as c, ruma_wrapper::RouterExt};
 
+/// The client listener's routes: the client API, and the server-server
+/// API only when `[federation] on_client_listener` says so.
 pub fn router(app: App) -> Router {
+    let federation = app.config.federation.on_client_listener;
+    routes(app, federation)
+}
+
+/// The federation listener's routes: the server-server API, and the
+/// client API as well (one TLS port can serve both, as clients may use it).
+pub fn federation_router(app: App) -> Router {
+    routes(app, true)
+}
+
+fn routes(app: App, federation: bool) -> Router {
+    let server_api = if federation {
+        crate::api::federation::routes(Router::new())
+    } else {
+        // Where to find the federation listener is asked of the client
+        // port (the server name's web server): that one document stays.
+        crate::api::federation::discovery::well_known_routes(Router::new())
+    };
     Router::new()
         // Discovery
         .ruma::<discovery::get_supported_versions::Request, _, _>(c::discovery::versions)
@@ -204,10 +224,11 @@ pub fn router(app: App) -> Router {
         .ruma::<backup::delete_backup_keys::v3::Request, _, _>(c::backup::delete_keys)
         .ruma::<backup::delete_backup_keys_for_room::v3::Request, _, _>(c::backup::delete_room_keys)
         .ruma::<backup::delete_backup_keys_for_session::v3::Request, _, _>(c::backup::delete_session_key)
-        .merge(crate::api::federation::routes(Router::new()))
+        .merge(server_api)
         .fallback(unrecognized)
         .layer(middleware::from_fn(matrix_edges))
         .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn(crate::access_log::access_log))
         .with_state(app)
 }
 

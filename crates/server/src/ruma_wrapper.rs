@@ -284,6 +284,10 @@ where
             }
         };
 
+        let requester = parts.extensions.get::<crate::access_log::Requester>().cloned();
+        if let (Some(who), Some(s)) = (&requester, &session) {
+            who.set(s.user_id.as_str());
+        }
         if let Some(s) = &session
             && s.is_guest
         {
@@ -337,6 +341,9 @@ where
                 // Whatever it asks, a server that reaches us is up: what
                 // waits for it goes now, not at its next retry.
                 app.destination_seen(&x.origin).await;
+                if let Some(who) = &requester {
+                    who.set(x.origin.as_str());
+                }
                 Some(x.origin)
             }
             None => None,

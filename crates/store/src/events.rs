@@ -200,8 +200,9 @@ impl Store {
                 insert_room(tx, room_id, r)?;
             }
             if ev.new_room.is_none() {
-                // Local events extend the room's current extremities: refuse
-                // one built on extremities that another writer has replaced since.
+                // Local events extend the room's current (deepest)
+                // extremities: refuse one built on extremities that another
+                // writer has replaced since.
                 let mut current = extremities(tx, room_id)?;
                 let mut built: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
                 current.sort();
@@ -321,10 +322,13 @@ impl Store {
     }
 
     /// The room's forward extremities and the greatest depth among them.
+    /// The room's forward extremities, deepest (then newest) first, and the
+    /// greatest depth among them.
     pub async fn forward_extremities(&self, room_id: String) -> Result<(Vec<OwnedEventId>, u64)> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id WHERE f.room_id = ?1",
+                "SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id \
+                 WHERE f.room_id = ?1 ORDER BY e.depth DESC, e.stream_pos DESC",
             )?;
             let rows = st.query_map([room_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             let mut ids = Vec::new();
@@ -676,13 +680,18 @@ pub(crate) fn insert_room(tx: &Connection<'_>, room_id: &str, r: &crate::NewRoom
     Ok(())
 }
 
+/// The extremities a local event built now extends: the deepest (then
+/// newest) [`LOCAL_PREV_EVENTS`](missive_core::limits::LOCAL_PREV_EVENTS),
+/// in the order [`Store::forward_extremities`] gives them.
 pub(crate) fn extremities(tx: &Connection<'_>, room_id: &str) -> Result<Vec<String>> {
     Ok(tx
         .query_map(
-            "SELECT event_id FROM forward_extremities WHERE room_id = ?1",
+            "SELECT f.event_id FROM forward_extremities f JOIN events e ON e.event_id = f.event_id \
+             WHERE f.room_id = ?1 ORDER BY e.depth DESC, e.stream_pos DESC",
             [room_id],
             |r| r.get(0),
         )?
+        .take(missive_core::limits::LOCAL_PREV_EVENTS)
         .collect::<crate::db::Result<_>>()?)
 }
 

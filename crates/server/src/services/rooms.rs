@@ -377,7 +377,11 @@ impl App {
         }
         let (prev_events, depth, state) = match room_id {
             Some(r) => {
-                let (prev, depth) = self.store.forward_extremities(r.to_string()).await?;
+                // The deepest extremities, a bounded number: the rest are
+                // merged by the next events, and no event built here names
+                // more prev_events than other servers take.
+                let (mut prev, depth) = self.store.forward_extremities(r.to_string()).await?;
+                prev.truncate(missive_core::limits::LOCAL_PREV_EVENTS);
                 let keys = wanted_keys.iter().map(|(t, k)| (t.to_string(), k.clone())).collect();
                 (
                     prev,

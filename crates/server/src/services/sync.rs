@@ -464,16 +464,26 @@ impl App {
             out.push(raw(&own.pdu.to_stripped())?);
             return Ok(out);
         }
-        let state = self.store.current_state_ids(room_id.to_string()).await?;
+        // The room as it was at the invite or knock, not as it is now: what
+        // changed since is for members, which the invitee is not yet.
+        let Some(own) = own else {
+            return Ok(vec![]);
+        };
+        let mut keys: Vec<(String, String)> = STRIPPED_STATE
+            .iter()
+            .map(|t| ((*t).to_owned(), String::new()))
+            .collect();
+        // The sender of the invite or knock, so the client can name them.
+        let sender_key = ("m.room.member".to_owned(), own.pdu.sender.to_string());
+        keys.push(sender_key.clone());
+        let state = self.store.state_ids_at_group_for(own.state_group, keys).await?;
         let mut ids: Vec<String> = STRIPPED_STATE
             .iter()
-            .filter_map(|t| state.get(&((*t).into(), String::new())))
+            .filter_map(|t| state.get(&((*t).to_owned(), String::new())))
             .map(|e| e.to_string())
             .collect();
         ids.push(own_event.to_owned());
-        // The sender of the invite or knock, so the client can name them.
-        if let Some(own) = &own
-            && let Some(sender) = state.get(&("m.room.member".into(), own.pdu.sender.to_string()))
+        if let Some(sender) = state.get(&sender_key)
             && sender.as_str() != own_event
         {
             ids.push(sender.to_string());

@@ -226,10 +226,8 @@ pub async fn joined_rooms(app: App, req: Ruma<joined_rooms::v3::Request>) -> Res
 pub async fn members(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<get_member_events::v3::Response> {
     let user = req.user()?.clone();
     let room_id = &req.body.room_id;
-    app.store
-        .room(room_id.to_string())
-        .await?
-        .ok_or_else(|| Error::not_found("Unknown room"))?;
+    // No membership, whether or not the room exists: the same 403, so that
+    // the answer does not tell which rooms exist.
     let membership = app.membership(room_id, &user).await?;
     // The state to read: at `at`, or now; a former member sees it as of their departure.
     let mut at = req

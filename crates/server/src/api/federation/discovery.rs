@@ -10,9 +10,12 @@ use ruma::{
 use crate::{App, Error, Result, ruma_wrapper::RouterExt, ruma_wrapper::Ruma};
 
 pub fn routes(router: Router<App>) -> Router<App> {
-    router
-        .ruma::<get_server_version::v1::Request, _, _>(version)
-        .ruma::<discover_homeserver::Request, _, _>(well_known)
+    well_known_routes(router).ruma::<get_server_version::v1::Request, _, _>(version)
+}
+
+/// `/.well-known/matrix/server`, served wherever the client API is.
+pub fn well_known_routes(router: Router<App>) -> Router<App> {
+    router.ruma::<discover_homeserver::Request, _, _>(well_known)
 }
 
 async fn version(app: App, _req: Ruma<get_server_version::v1::Request>) -> Result<get_server_version::v1::Response> {

@@ -57,6 +57,10 @@ pub enum PduRejection {
     Acl(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Not a verdict on the event: its past could not be had now, so it
+    /// is not stored, nor marked rejected, and may come again.
+    #[error("its past is unknown: {0}")]
+    MissingPast(String),
 }
 
 impl From<Error> for PduRejection {
@@ -225,25 +229,32 @@ impl App {
         let mut states = self.states_after(&prevs).await?;
         // A prev_event still unknown after asking for the gap: its state
         // comes from the sender (`/state`), each event checked, so that
-        // the other side of a fork is not left out of the resolution.
-        for missing in pdu
-            .prev_events
-            .iter()
-            .filter(|p| !prevs.contains(p))
-            .take(MAX_REMOTE_STATES)
-        {
+        // the other side of a fork is not left out of the resolution. An
+        // event whose past cannot be had is not taken: checked against a
+        // guess, it would let a server graft events onto any point of the
+        // room and add forward extremities at will.
+        let missing: Vec<&OwnedEventId> = pdu.prev_events.iter().filter(|p| !prevs.contains(p)).collect();
+        if missing.len() > MAX_REMOTE_STATES {
+            return Err(PduRejection::MissingPast(format!(
+                "{} of its prev_events are unknown here",
+                missing.len()
+            )));
+        }
+        for missing in missing {
             match self.remote_state_after(version, &room_id, missing, origin).await {
                 Ok(state) => states.push(state),
                 Err(e) => {
-                    tracing::info!(event = %pdu.event_id, prev = %missing, "state at a missing prev_event unavailable from {origin}: {e}")
+                    tracing::info!(event = %pdu.event_id, prev = %missing, "state at a missing prev_event unavailable from {origin}: {e}");
+                    return Err(PduRejection::MissingPast(format!(
+                        "the state at its prev_event {missing} is unavailable"
+                    )));
                 }
             }
         }
         let state_before = if states.is_empty() {
-            // Nothing known of the event's past: the current state is the
-            // best estimate (the event passed its own auth events).
-            tracing::info!(event = %pdu.event_id, "no state known before the event; checking against the current state");
-            self.store.current_state_ids(room_id.to_string()).await?
+            // No prev_events at all: only a create event, whose own checks
+            // are its auth events'.
+            StateMap::new()
         } else {
             self.resolve_states(version, states, &[]).await?
         };
