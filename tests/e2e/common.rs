@@ -390,6 +390,23 @@ impl Raw {
         r.body
     }
 
+    /// Uploads a text file; its `mxc://` URI.
+    pub async fn upload_text(&self, text: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "text/plain")
+            .body(text.to_owned())
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        r["content_uri"].as_str().expect("content_uri").to_owned()
+    }
+
     /// The bytes of a media file, through the authenticated endpoint.
     pub async fn download(&self, mxc: &str) -> Vec<u8> {
         let r = self

@@ -158,19 +158,7 @@ async fn naming_a_file_in_another_room_does_not_open_it() {
     let alice = Raw::register(&server, "alice").await;
     let mallory = Raw::register(&server, "mallory").await;
     let private = alice.create_room(json!({ "preset": "private_chat" })).await;
-    let up = alice
-        .http
-        .post(format!("{}/_matrix/media/v3/upload", alice.base))
-        .bearer_auth(&alice.token)
-        .header("content-type", "text/plain")
-        .body("the minister's notes")
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    let mxc = up["content_uri"].as_str().unwrap().to_owned();
+    let mxc = alice.upload_text("the minister's notes").await;
     send(
         &alice,
         &private,

@@ -3,6 +3,7 @@
 //! `matrix-sdk` client (end-to-end encryption on) and with raw requests
 //! where a test must see the exact wire format.
 
+mod access_matrix;
 mod api;
 mod bad_input;
 mod churn;

@@ -361,15 +361,7 @@ where
             bytes
         };
         *http_req.body_mut() = body_bytes.clone();
-        // ruma's deserialisers can panic on some malformed bodies (a missing
-        // `type` in /login): that is bad input, not a server fault.
-        let parsed = late!(
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                R::try_from_http_request(http_req, &args)
-            }))
-            .map_err(|_| Error::bad_json("Malformed request body"))
-        );
-        let body = late!(parsed.map_err(|e| Error::bad_json(e.to_string())));
+        let body = late!(parse_http_request::<R>(http_req, &args));
         Ok(Ruma {
             body,
             session,
@@ -408,7 +400,9 @@ enum BodyLeft {
 const MAX_PATH_PARAM_BYTES: usize = 255;
 const MAX_QUERY_VALUE_BYTES: usize = 8 * 1024;
 
-fn check_path_and_query(args: &[String], limited: &[bool], query: Option<&str>) -> Result<()> {
+/// Refuses path parameters and query values no store could keep: a NUL,
+/// or past the length limits (`limited[i]` false exempts parameter `i`).
+pub fn check_path_and_query(args: &[String], limited: &[bool], query: Option<&str>) -> Result<()> {
     for (i, a) in args.iter().enumerate() {
         if a.contains('\0') {
             return Err(Error::invalid_param("A path parameter holds a NUL character"));
@@ -426,6 +420,18 @@ fn check_path_and_query(args: &[String], limited: &[bool], query: Option<&str>) 
         }
     }
     Ok(())
+}
+
+/// Parses a request, whose body was read, into the endpoint's ruma type.
+/// Malformed input of any kind is a `400 M_BAD_JSON`: ruma's deserialisers
+/// can panic on some malformed bodies (a missing `type` in /login), which
+/// is bad input, not a server fault.
+pub fn parse_http_request<R: IncomingRequest>(req: http::Request<bytes::Bytes>, path_args: &[String]) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        R::try_from_http_request(req, path_args)
+    }))
+    .map_err(|_| Error::bad_json("Malformed request body"))?
+    .map_err(|e| Error::bad_json(e.to_string()))
 }
 
 /// The largest body read after a refusal that came before it was needed

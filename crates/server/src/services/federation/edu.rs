@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use missive_core::limits::identifier_ok;
 use missive_store::e2ee::ToDeviceTarget;
 use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId};
 use serde_json::{Value, json};
@@ -25,7 +26,7 @@ fn user_of(origin: &ServerName, v: Option<&Value>) -> Option<OwnedUserId> {
 }
 
 /// An `m.typing` content: (room, user of `origin`, typing).
-pub(crate) fn parse_typing(origin: &ServerName, c: &Value) -> Option<(OwnedRoomId, OwnedUserId, bool)> {
+pub fn parse_typing(origin: &ServerName, c: &Value) -> Option<(OwnedRoomId, OwnedUserId, bool)> {
     let room = OwnedRoomId::try_from(c.get("room_id")?.as_str()?).ok()?;
     let user = user_of(origin, c.get("user_id"))?;
     Some((room, user, c.get("typing")?.as_bool()?))
@@ -33,7 +34,7 @@ pub(crate) fn parse_typing(origin: &ServerName, c: &Value) -> Option<(OwnedRoomI
 
 /// One read receipt from an `m.receipt` content.
 #[derive(Debug, PartialEq)]
-pub(crate) struct RemoteReceipt {
+pub struct RemoteReceipt {
     pub room: OwnedRoomId,
     pub user: OwnedUserId,
     pub event_id: String,
@@ -43,7 +44,7 @@ pub(crate) struct RemoteReceipt {
 
 /// The `m.read` receipts of users of `origin` in an `m.receipt` content.
 /// Private receipts never travel; other types are unknown and ignored.
-pub(crate) fn parse_receipts(origin: &ServerName, c: &Value) -> Vec<RemoteReceipt> {
+pub fn parse_receipts(origin: &ServerName, c: &Value) -> Vec<RemoteReceipt> {
     let mut out = vec![];
     let Some(rooms) = c.as_object() else { return out };
     for (room, types) in rooms {
@@ -62,7 +63,7 @@ pub(crate) fn parse_receipts(origin: &ServerName, c: &Value) -> Vec<RemoteReceip
                 .get("event_ids")
                 .and_then(Value::as_array)
                 .and_then(|a| a.iter().rev().find_map(Value::as_str))
-                .filter(|e| ruma::EventId::parse(e).is_ok())
+                .filter(|e| identifier_ok(e) && ruma::EventId::parse(e).is_ok())
             else {
                 continue;
             };
@@ -70,7 +71,7 @@ pub(crate) fn parse_receipts(origin: &ServerName, c: &Value) -> Vec<RemoteReceip
             let thread = data
                 .and_then(|d| d.get("thread_id"))
                 .and_then(Value::as_str)
-                .filter(|t| *t == "main" || ruma::EventId::parse(t).is_ok())
+                .filter(|t| *t == "main" || (identifier_ok(t) && ruma::EventId::parse(t).is_ok()))
                 .unwrap_or("unthreaded");
             let ts = data
                 .and_then(|d| d.get("ts"))
@@ -90,14 +91,15 @@ pub(crate) fn parse_receipts(origin: &ServerName, c: &Value) -> Vec<RemoteReceip
 
 /// An `m.direct_to_device` content: sender, type, message ID and the
 /// messages for users of this server (`server`).
-pub(crate) fn parse_to_device(
+pub fn parse_to_device(
     origin: &ServerName,
     server: &ServerName,
     c: &Value,
 ) -> Option<(OwnedUserId, String, String, Vec<ToDeviceTarget>)> {
     let sender = user_of(origin, c.get("sender"))?;
-    let kind = c.get("type")?.as_str()?.to_owned();
-    let message_id = c.get("message_id")?.as_str()?.to_owned();
+    // Names no store could keep (a NUL, past 255 bytes) drop the EDU.
+    let kind = c.get("type")?.as_str().filter(|s| identifier_ok(s))?.to_owned();
+    let message_id = c.get("message_id")?.as_str().filter(|s| identifier_ok(s))?.to_owned();
     let mut targets = vec![];
     for (user, devices) in c.get("messages")?.as_object()? {
         let Ok(user) = OwnedUserId::try_from(user.as_str()) else {
@@ -108,7 +110,7 @@ pub(crate) fn parse_to_device(
         }
         let Some(devices) = devices.as_object() else { continue };
         for (device, content) in devices {
-            if !content.is_object() {
+            if !content.is_object() || !identifier_ok(device) {
                 continue;
             }
             targets.push(ToDeviceTarget {
@@ -187,7 +189,9 @@ impl App {
                 tracing::debug!(%origin, user = %r.user, room = %r.room, "dropped a receipt of a user not in the room");
                 continue;
             }
-            self.store
+            // One receipt the store refuses does not cost the others.
+            match self
+                .store
                 .set_receipt(
                     r.room.to_string(),
                     "m.read".to_owned(),
@@ -196,8 +200,11 @@ impl App {
                     r.event_id,
                     r.ts,
                 )
-                .await?;
-            stored = true;
+                .await
+            {
+                Ok(_) => stored = true,
+                Err(e) => tracing::info!(%origin, user = %r.user, room = %r.room, error = %e, "dropped a receipt"),
+            }
         }
         if stored {
             self.notify();
@@ -457,6 +464,24 @@ mod tests {
         let unthreaded =
             json!({ "!r:here.org": { "m.read": { "@a:remote.org": { "event_ids": ["$e1"], "data": { "ts": 1 } } } } });
         assert_eq!(parse_receipts(origin(), &unthreaded)[0].thread, "unthreaded");
+    }
+
+    #[test]
+    fn names_no_store_keeps_are_dropped() {
+        let local = ServerName::parse("here.example").unwrap();
+        let c = |kind: &str, device: &str| {
+            json!({
+                "sender": "@a:remote.org", "type": kind, "message_id": "m1",
+                "messages": { "@b:here.example": { device: { "k": 1 } } },
+            })
+        };
+        assert!(parse_to_device(origin(), &local, &c("m.x\u{0}", "D")).is_none());
+        assert!(parse_to_device(origin(), &local, &c(&"t".repeat(256), "D")).is_none());
+        let (_, _, _, targets) = parse_to_device(origin(), &local, &c("m.x", "D\u{0}")).unwrap();
+        assert!(targets.is_empty());
+        let receipts = json!({ "!r:remote.org": { "m.read": { "@a:remote.org": {
+            "event_ids": ["$e\u{0}"], "data": { "ts": 1 } } } } });
+        assert!(parse_receipts(origin(), &receipts).is_empty());
     }
 
     #[test]
