@@ -285,7 +285,11 @@ async fn uploads_stream_to_disk_instead_of_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_a_room_with_thousands_of_state_events_stays_within_the_cache_budget() {
     const MIB: u64 = 1024 * 1024;
-    const STATE_EVENTS: usize = 2_000;
+    // 2,000 by default; MISSIVE_TEST_STATE_EVENTS=10000 for the size.
+    let state_events: usize = std::env::var("MISSIVE_TEST_STATE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
     let server = TestServer::start_with(&[("MISSIVE_STATE_CACHE_BYTES", &(4 * MIB).to_string())]).await;
     let alice = Raw::register(&server, "alice").await;
     let pid = server.pid().unwrap();
@@ -302,7 +306,7 @@ async fn reading_a_room_with_thousands_of_state_events_stays_within_the_cache_bu
             crate::common::enc(&room)
         )
     };
-    for batch in (256..STATE_EVENTS).collect::<Vec<_>>().chunks(8) {
+    for batch in (256..state_events).collect::<Vec<_>>().chunks(8) {
         let paths: Vec<(usize, String)> = batch.iter().map(|i| (*i, path(*i))).collect();
         let puts = paths
             .iter()
@@ -311,7 +315,7 @@ async fn reading_a_room_with_thousands_of_state_events_stays_within_the_cache_bu
             assert_eq!(r.status, 200, "{}", r.body);
         }
     }
-    eprintln!("{STATE_EVENTS} state events in {:?}", started.elapsed());
+    eprintln!("{state_events} state events in {:?}", started.elapsed());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss(pid);
     let (stop, peak) = sample_rss(pid);
