@@ -54,6 +54,17 @@ impl TestDatabase {
         format!("{}/{}", self.server.trim_end_matches('/'), self.name)
     }
 
+    /// Runs SQL (a dump to restore, say) on this database.
+    pub fn load(&self, sql: &str) {
+        let (url, sql) = (self.url(), sql.to_owned());
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect to the test database");
+            c.batch_execute(&sql).expect("load SQL into the test database");
+        })
+        .join()
+        .expect("database load thread");
+    }
+
     fn admin(&self, statements: &[&str]) {
         let url = format!("{}/postgres", self.server.trim_end_matches('/'));
         let statements: Vec<String> = statements.iter().map(|s| (*s).to_owned()).collect();
@@ -133,6 +144,15 @@ impl TestServer {
         Self::start_on(self.data.clone(), self.database.clone(), &env).await
     }
 
+    /// Starts a server on a data directory (and database) the test prepared.
+    pub async fn start_prepared(
+        data: tempfile::TempDir,
+        database: Option<TestDatabase>,
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        Self::start_on(std::sync::Arc::new(data), database.map(std::sync::Arc::new), env).await
+    }
+
     /// Starts a server on SQLite, whatever `MISSIVE_TEST_POSTGRES` says.
     pub async fn start_sqlite(env: &[(&str, &str)]) -> TestServer {
         let data = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
@@ -146,6 +166,11 @@ impl TestServer {
     /// given extra environment, such as another `MISSIVE_DATABASE_URL`.
     pub async fn start_on_same_data(&self, env: &[(&str, &str)]) -> TestServer {
         Self::start_on(self.data.clone(), None, env).await
+    }
+
+    /// The PostgreSQL database the server runs on, if it does.
+    pub fn database_url(&self) -> Option<String> {
+        self.database.as_ref().map(|d| d.url())
     }
 
     pub fn data_dir(&self) -> &std::path::Path {

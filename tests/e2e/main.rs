@@ -27,6 +27,7 @@ mod push;
 mod resource_limits;
 mod room_versions;
 mod rooms;
+mod schema_migrations;
 mod sliding_sync;
 mod sync_fidelity;
 mod url_preview;

@@ -70,6 +70,13 @@ enum Admin {
     /// leaked). The old key stays published as expired, so other servers
     /// still verify past events; restart every process afterwards.
     RotateSigningKey,
+    /// Apply the database's pending schema migrations and exit (the server
+    /// applies them at start too); with --status, only list them.
+    Migrate {
+        /// List the migrations applied and pending, change nothing.
+        #[arg(long)]
+        status: bool,
+    },
     /// Copy an SQLite database into an empty PostgreSQL database (stop the server first).
     MigrateDb {
         /// The SQLite database: `sqlite://PATH`.
@@ -209,7 +216,18 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
     if let Admin::MigrateDb { from, to } = command {
         return migrate_db(from, to);
     }
+    if let Admin::Migrate { status: true } = command {
+        return migration_status(&config);
+    }
     let store = open_store(&config)?;
+    if let Admin::Migrate { .. } = command {
+        // Opening the store applied whatever was pending.
+        println!(
+            "the database is at schema version {}",
+            missive_store::migrations::latest()
+        );
+        return Ok(());
+    }
     let app = App::new(config, store).await?;
     match command {
         Admin::CreateUser {
@@ -243,7 +261,7 @@ async fn admin(config: Config, command: Admin) -> anyhow::Result<()> {
                 .await?;
             println!("{token}");
         }
-        Admin::MigrateDb { .. } => unreachable!("handled before the store is opened"),
+        Admin::MigrateDb { .. } | Admin::Migrate { .. } => unreachable!("handled before the server starts"),
         Admin::RotateSigningKey => {
             use ruma::serde::{Base64, base64::Standard};
             let old_id = format!("ed25519:{}", app.key.version());
@@ -319,6 +337,38 @@ fn migrate_db(from: String, to: String) -> anyhow::Result<()> {
         counts.len(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Prints the schema migrations the configured database has applied and
+/// those this release would apply, without changing anything.
+fn migration_status(config: &Config) -> anyhow::Result<()> {
+    let url = match config.database() {
+        Database::Sqlite(path) => {
+            if !path.is_file() {
+                bail!("there is no database at {} yet", path.display());
+            }
+            format!("sqlite://{}", path.display())
+        }
+        Database::Url(url) => url,
+    };
+    // The PostgreSQL client blocks on its own runtime: not on this one's workers.
+    let status = std::thread::spawn(move || missive_store::migrations::status(&url))
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the migrations panicked"))?
+        .context("reading the database's migrations")?;
+    for (version, name, ts) in &status.applied {
+        println!("{version:>4}  {name:<24}  applied at {ts} ms");
+    }
+    for (version, name) in &status.pending {
+        println!("{version:>4}  {name:<24}  pending");
+    }
+    let latest = missive_store::migrations::latest();
+    match status.version() {
+        v if v > latest => println!("the database is at version {v}, newer than this release ({latest})"),
+        v if v == latest => println!("the database is at version {v}, up to date"),
+        v => println!("the database is at version {v}; this release would bring it to {latest}"),
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ mod events;
 pub mod federation;
 pub mod media;
 pub mod migrate;
+pub mod migrations;
 mod misc;
 pub mod push;
 pub mod search;
@@ -44,6 +45,12 @@ pub enum StoreError {
     NotFound,
     #[error("storage task failed: {0}")]
     Task(String),
+    /// A newer release migrated the database further than this one knows.
+    #[error(
+        "the database is at schema version {found}, newer than this release of Missive knows ({known}): \
+         run the release that migrated it, or a newer one"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

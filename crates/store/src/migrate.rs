@@ -197,12 +197,13 @@ pub fn sqlite_to_postgres(
 }
 
 /// The tables to copy: all but SQLite's own, the full-text index (FTS5 and
-/// its shadow tables), and the mark that the index was filled.
+/// its shadow tables), the mark that the index was filled, and the record of
+/// migrations (both databases are at this release's version already).
 fn sqlite_tables(src: &rusqlite::Connection) -> Result<Vec<String>> {
     let mut st = src.prepare(
         "SELECT name FROM sqlite_master WHERE type = 'table' \
          AND name NOT GLOB 'sqlite_*' AND name <> 'event_search' AND name NOT GLOB 'event_search_*' \
-         AND name <> 'search_backfill' ORDER BY name",
+         AND name <> 'search_backfill' AND name <> 'schema_migrations' ORDER BY name",
     )?;
     let names = st.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?;
     Ok(names)

@@ -162,7 +162,7 @@ impl Store {
         // but not on a process crash; acknowledged writes must survive a
         // power cut too, so commits are fully synced.
         conn.pragma_update(None, "synchronous", "FULL").map_err(DbError::from)?;
-        conn.execute_batch(include_str!("schema.sql")).map_err(DbError::from)?;
+        crate::migrations::apply_sqlite(&conn)?;
         {
             let tx = conn.unchecked_transaction().map_err(DbError::from)?;
             crate::search::backfill(&Conn::Sqlite(&tx))?;
@@ -553,22 +553,20 @@ fn pg_transaction<T>(
     body
 }
 
-/// Applies the PostgreSQL schema and indexes the events stored before the
-/// search index existed, under a lock so that one process of several does it.
+/// Applies the PostgreSQL migrations and indexes the events stored before
+/// the search index existed, under a lock so that one process of several
+/// does it.
 pub(crate) fn apply_pg_schema(client: &mut PgClient) -> Result<()> {
     client.batch("SELECT pg_advisory_lock(7247001)")?;
-    let applied = client.batch(include_str!("schema_pg.sql")).and_then(|_| {
+    let applied = crate::migrations::apply_postgres(client).and_then(|()| {
         let conn = Conn::Pg(RefCell::new(&mut *client));
         conn.execute_batch("BEGIN")?;
-        let r = crate::search::backfill(&conn).map_err(|e| match e {
-            StoreError::Db(e) => e,
-            e => DbError::Conversion(0, e.to_string()),
-        });
+        let r = crate::search::backfill(&conn);
         conn.execute_batch(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
         r
     });
     client.batch("SELECT pg_advisory_unlock(7247001)")?;
-    Ok(applied?)
+    applied
 }
 
 /// Follows other processes' commits: `LISTEN`, and a look at the counter
