@@ -103,6 +103,14 @@ pub fn generate(source: &[u8], size: Size) -> Result<Thumbnail, ThumbnailError> 
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    // The decoders' allocation limit does not cover every buffer (a GIF's
+    // canvas is allocated whole, then copied): a 40-byte GIF declaring
+    // 8,488 x 16,131 pixels took more than 1 GiB. The declared size is
+    // judged first, at four bytes a pixel, before any pixel is decoded.
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) * 4 > MAX_DECODE_BYTES {
+        return Err(ThumbnailError::TooLarge);
+    }
     // Photos are often stored sideways with an EXIF orientation.
     let orientation = decoder.orientation().map_err(decode_error)?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
@@ -179,6 +187,23 @@ fn resize(image: DynamicImage, size: Size) -> DynamicImage {
         region
     } else {
         region.thumbnail_exact(tw, th)
+    }
+}
+
+#[cfg(test)]
+mod bomb_tests {
+    use super::*;
+
+    /// Found by the thumbnail fuzz target: a GIF whose logical screen is
+    /// 8,488 x 16,131 pixels, in 40 bytes.
+    #[test]
+    fn a_tiny_gif_declaring_a_huge_canvas_is_refused_before_decoding() {
+        let gif = [
+            0x47, 0x49, 0x46, 0x38, 0x37, 0x61, 0x28, 0x21, 0x03, 0x3f, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0x2c, 0x28, 0,
+            0xc2, 0, 0, 0x1e, 0, 0, 0x40, 0x08, 0x3a, 0x33, 0xdc, 0xc8, 0xb1, 0xa3, 0x3b,
+        ];
+        let size = Size::new(32, 32, Method::Scale).unwrap();
+        assert!(matches!(generate(&gif, size), Err(ThumbnailError::TooLarge)));
     }
 }
 
